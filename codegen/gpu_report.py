@@ -1,0 +1,105 @@
+"""Compile a generated kernel for a GPU that is not here.
+
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`` builds PTX
+and a cubin for an H100 (or sm_80 for an A100) on a machine without a GPU.
+Pointer arguments get the divisibility-16 attribute the JIT infers for
+aligned tensors, integer arguments too where their example value is a
+multiple of 16, so the PTX is what the GPU would run. ``cuobjdump``, shipped
+with Triton, reads registers, spills (local memory) and shared memory back.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ARCHS = {"sm_90": 90, "sm_80": 80}
+_SIG = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
+        torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8",
+        torch.uint8: "u8", torch.bool: "i1"}
+
+
+@dataclass(frozen=True)
+class GpuCompileReport:
+    arch: str
+    ptx: str
+    registers: int
+    spills: int          # bytes of local memory per thread (0: nothing spills)
+    shared_bytes: int
+
+    def count(self, instruction: str) -> int:
+        """How many PTX lines contain ``instruction`` (e.g. ``ld.global.v4``)."""
+        return sum(1 for line in self.ptx.splitlines() if instruction in line)
+
+
+def compile_for(path: str, name: str, example: list, arch: str = "sm_90",
+                constexprs: dict | None = None, num_warps: int = 4,
+                num_stages: int | None = None) -> GpuCompileReport:
+    """Compile kernel ``name`` of the file at ``path`` for ``arch``.
+
+    ``example`` gives each argument in order: ``("ptr", dtype)`` or
+    ``("int", value)``; ``constexprs`` the compile-time arguments.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = _load_jit(Path(path), name)
+    constexprs = dict(constexprs or {"BLOCK_SIZE": 1024})
+    names = list(fn.arg_names)
+    signature, attrs = {}, {}
+    for i, (kind, value) in enumerate(example):
+        if kind == "ptr":
+            signature[names[i]] = "*" + _SIG[value]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[names[i]] = "i64" if abs(value) >= 2**31 else "i32"
+            if value % 16 == 0 and value != 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    for k in constexprs:
+        signature[k] = "constexpr"
+    src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()},
+                    attrs=attrs)
+    options = {"num_warps": num_warps}
+    if num_stages is not None:
+        options["num_stages"] = num_stages
+    compiled = triton.compile(src, target=GPUTarget("cuda", ARCHS[arch], 32), options=options)
+    regs, local, shared = _resource_usage(compiled.asm["cubin"])
+    return GpuCompileReport(arch, compiled.asm["ptx"], regs, local,
+                            max(shared, int(getattr(compiled.metadata, "shared", 0) or 0)))
+
+
+def _load_jit(path: Path, name: str):
+    """Import the file with the interpreter off, so ``@triton.jit`` gives a JITFunction."""
+    from codegen.cache import import_file
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        module = import_file(path, suffix="_gpu")
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+    return getattr(module, name)
+
+
+def _resource_usage(cubin: bytes) -> tuple[int, int, int]:
+    import triton
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True,
+                             text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    def field(key):
+        m = re.search(rf"{key}:(\d+)", out)
+        return int(m.group(1)) if m else 0
+    return field("REG"), field("LOCAL"), field("SHARED")

@@ -1,0 +1,178 @@
+"""The pointwise emitter: one fused Triton kernel for a group of pointwise nodes.
+
+The kernel walks the group's iteration space (the shape of its outputs) in
+flat blocks, like the vector-add tutorial. Each external input is read once
+per element: directly at ``offs`` when it is contiguous with the iteration
+shape, through per-dimension strides otherwise (a stride of 0 broadcasts, so
+nothing is materialised). Values are computed in fp32 (fp64 stays fp64) and
+rounded once at the store.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+from codegen.prelude import helpers_used
+from ir.graph import Node
+from ir.ops import OPS
+from ir.types import compute_type, promote
+
+FLAT, STRIDED, SCALAR = "flat", "strided", "scalar"
+
+
+@dataclass(frozen=True)
+class PointwiseSpec:
+    """What the emitter needs: the group and how each input is laid out."""
+    nodes: tuple        # group members in topological order
+    inputs: tuple       # external nodes the group reads
+    layouts: tuple      # per input: FLAT, STRIDED or SCALAR
+    outputs: tuple      # group values written to memory
+    rank: int           # rank of the (collapsed) iteration space
+    int64: bool         # 64-bit offsets: some tensor has 2**31 elements or more
+
+
+@dataclass(frozen=True)
+class EmittedKernel:
+    name: str
+    source: str
+    arg_names: tuple    # kernel arguments in launch order, BLOCK_SIZE excluded
+
+
+def kernel_name(nodes) -> str:
+    """``fused_sigmoid_mul_add``: the distinct ops of the group, in order."""
+    ops = list(dict.fromkeys(n.op for n in nodes))
+    return "fused_" + "_".join(ops[:5]) + ("_etc" if len(ops) > 5 else "")
+
+
+def _ident(text: str) -> str:
+    ident = re.sub(r"\W+", "_", text).strip("_").lower()
+    return ident if ident and not ident[0].isdigit() else f"v_{ident}"
+
+
+def emit_pointwise(spec: PointwiseSpec, name: str | None = None) -> EmittedKernel:
+    """Generate the Triton source of one fused pointwise kernel."""
+    name = name or kernel_name(spec.nodes)
+    members = set(spec.nodes)
+    var: dict[Node, str] = {}
+    taken: set[str] = {"offs", "mask", "pid", "n_elements", "BLOCK_SIZE", "tl", "triton", "rem"}
+
+    def fresh(base: str) -> str:
+        cand, k = base, 1
+        while cand in taken:
+            cand, k = f"{base}_{k}", k + 1
+        taken.add(cand)
+        return cand
+
+    params, loads = [], []
+    for node, layout in zip(spec.inputs, spec.layouts):
+        base = fresh(_ident(node.name) if node.name and node.op in ("input", "param") else f"buf{node.id}")
+        var[node] = base
+        ptr = f"{base}_ptr"
+        taken.add(ptr)
+        how = {FLAT: "contiguous", SCALAR: "one element, broadcast",
+               STRIDED: "read through strides (0 = broadcast)"}[layout]
+        params.append((ptr, f"%{node.id} {node.name or node.op}: {node.type_str()}, {how}"))
+        if layout == STRIDED:
+            strides = [f"{base}_stride{d}" for d in range(spec.rank)]
+            params.append((", ".join(strides), f"element strides of {base} over the iteration space"))
+            index = " + ".join(f"i{d} * {s}" for d, s in enumerate(strides)) if strides else "0"
+            loads.append(f"{base} = tl.load({ptr} + {index}, mask=mask)")
+        elif layout == SCALAR:
+            loads.append(f"{base} = tl.load({ptr})")
+        else:
+            loads.append(f"{base} = tl.load({ptr} + offs, mask=mask)")
+        if compute_type(node.dtype) != _storage(node.dtype):
+            loads[-1] += f".to({compute_type(node.dtype)})"
+
+    body = []
+    for n in spec.nodes:
+        var[n] = fresh(f"v{n.id}")
+        expr = OPS[n.op].triton([_operand(n, i, k, var) for k, i in enumerate(n.inputs)],
+                                n.attrs, compute_type(n.dtype))
+        body.append(f"{var[n]} = {expr}  # {_ir_line(n)}")
+
+    stores = []
+    for k, out in enumerate(spec.outputs):
+        assert out in members, f"output {out!r} is not computed by the group"
+        ptr = f"out{k}_ptr"
+        params.append((ptr, f"%{out.id}: {out.type_str()}, written contiguous"))
+        stores.append(f"tl.store({ptr} + offs, {var[out]}.to({ptr}.dtype.element_ty), mask=mask)")
+    sizes = [f"size{d}" for d in range(1, spec.rank)]
+    if sizes:
+        params.append((", ".join(sizes), f"iteration space [size0, {', '.join(sizes)}]; "
+                                          "size0 follows from n_elements"))
+    params.append(("n_elements", "number of elements in the iteration space"))
+
+    strided = any(layout == STRIDED for layout in spec.layouts)
+    out = [f"@triton.jit", f"def {name}("]
+    out += [f"    {p},  # {c}" for p, c in params]
+    out += ["    BLOCK_SIZE: tl.constexpr,  # elements handled by one program", "):"]
+    pid = "tl.program_id(axis=0).to(tl.int64)" if spec.int64 else "tl.program_id(axis=0)"
+    reads = sum(1 for lay in spec.layouts) or 0
+    out += [f"    # memory traffic: {reads} read(s) and {len(spec.outputs)} write(s) per element",
+            f"    pid = {pid}",
+            "    offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)",
+            "    mask = offs < n_elements"]
+    if strided:
+        out.append("    # index of each element along every dimension, for strided reads")
+        if spec.rank == 1:
+            out.append("    i0 = offs")
+        else:
+            out.append("    rem = offs")
+            for d in range(spec.rank - 1, 0, -1):
+                out.append(f"    i{d} = rem % size{d}")
+                if d > 1:
+                    out.append(f"    rem = rem // size{d}")
+            out.append(f"    i0 = rem // size1")
+    out += [f"    {line}" for line in loads + body + stores]
+    header = [
+        f'"""Generated by fusion: {len(spec.nodes)} pointwise op(s) fused into one kernel.',
+        "",
+        *[f"    {_ir_line(n)}" for n in spec.nodes],
+        '"""',
+        "import triton",
+        "import triton.language as tl",
+    ]
+    helpers = helpers_used(body)
+    source = "\n".join(header) + "\n" + "".join(helpers) + "\n\n" + "\n".join(out) + "\n"
+    arg_names = tuple(a.strip() for p, _ in params for a in p.split(","))
+    return EmittedKernel(name, source, arg_names)
+
+
+def _storage(dtype: torch.dtype) -> str:
+    from ir.types import triton_type
+    return triton_type(dtype)
+
+
+def _operand(n: Node, x, k: int, var: dict) -> str:
+    """Operand ``k`` of ``n`` as an expression in the type the op computes in."""
+    promotion = OPS[n.op].promotion
+    if promotion == "none" or (promotion == "select" and k == 0):
+        want = None
+    elif promotion == "bool":
+        want = compute_type(promote(n.inputs))
+    else:
+        want = compute_type(n.dtype)
+    if not isinstance(x, Node):
+        return _literal(x, want)
+    have = compute_type(x.dtype)
+    return var[x] if want is None or want == have else f"{var[x]}.to({want})"
+
+
+def _literal(v, want: str | None) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float) and not math.isfinite(v):
+        return {"inf": 'float("inf")', "-inf": 'float("-inf")'}.get(repr(v), 'float("nan")')
+    if isinstance(v, int) and want is not None and want.startswith("tl.float"):
+        return repr(float(v))
+    return repr(v)
+
+
+def _ir_line(n: Node) -> str:
+    args = ", ".join(repr(i) for i in n.inputs)
+    attrs = "".join(f", {k}={v}" for k, v in n.attrs.items())
+    return f"%{n.id} = {n.op}({args}{attrs}) : {n.type_str()}"

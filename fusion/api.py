@@ -1,0 +1,157 @@
+"""The public entry points: ``fusion.compile`` and the module it returns."""
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import torch
+import torch.utils._pytree as pytree
+
+from fusion.backend import mode_for
+from fusion.plan import Plan
+from ir.capture import CaptureError, lower, trace
+
+DEFAULT_RECOMPILE_LIMIT = 8
+
+
+class CompiledModule(torch.nn.Module):
+    """Runs a model's forward through fused kernels; otherwise it is the model.
+
+    It shares the original's parameters, buffers and submodules (same tensors,
+    same ``state_dict`` keys), so optimizers, hooks and checkpoints treat it
+    like the original. Plans are cached per input signature (shapes, strides,
+    dtypes, devices, requires_grad, training mode).
+    """
+
+    def __init__(self, model, fallback: str = "error", recompile_limit: int = DEFAULT_RECOMPILE_LIMIT):
+        super().__init__()
+        if fallback not in ("error", "eager"):
+            raise ValueError(f"fusion.compile: fallback must be 'error' or 'eager', not {fallback!r}")
+        self.__dict__["_orig"] = model  # not a submodule: the state_dict keys stay the original's
+        if isinstance(model, torch.nn.Module):
+            self._parameters = model._parameters
+            self._buffers = model._buffers
+            self._modules = model._modules
+            self.training = model.training
+        fn = model.forward if isinstance(model, torch.nn.Module) else model
+        self._signature = inspect.signature(fn)
+        self._plans: dict[tuple, Plan] = {}
+        self._limit = recompile_limit
+        self._warned_limit = False
+        self._last_key = None
+        try:
+            self._gm = trace(model)
+            self._eager_reason = None
+        except CaptureError as e:
+            if fallback == "error":
+                raise
+            warnings.warn(f"{e} Running it eagerly (fallback='eager').", RuntimeWarning, stacklevel=3)
+            self._gm, self._eager_reason = None, str(e)
+
+    # ---- nn.Module behaviour delegated to the original ---------------------------
+    def train(self, mode: bool = True):
+        if isinstance(self._orig, torch.nn.Module):
+            self._orig.train(mode)
+        self.training = mode
+        return self
+
+    def __repr__(self) -> str:
+        return f"fusion.compile({self._orig!r})"
+
+    # ---- calling -------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        if self._gm is None:
+            return self._orig(*args, **kwargs)
+        args = self._bind(args, kwargs)
+        key = self._guard_key(args)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= self._limit:
+                self._warn_limit(key)
+                return self._orig(*args)
+            plan = self._plans[key] = self.build_plan(args)
+        self._last_key = key
+        return self._call_plan(plan, args)
+
+    def build_plan(self, args: tuple) -> Plan:
+        """Capture, optimise, partition and prepare kernels for this signature."""
+        captured = lower(self._gm, args, root=self._orig)
+        tensors = [a for a in args if isinstance(a, torch.Tensor)] + [
+            _fetch(self._orig, p.name) for p in captured.graph.params]
+        device = tensors[0].device if tensors else torch.device("cpu")
+        plan = Plan(captured.graph, mode_for(device))
+        plan.captured = captured
+        return plan
+
+    def _call_plan(self, plan: Plan, args: tuple):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        params = {p.name: _fetch(self._orig, p.name) for p in plan.graph.params}
+        outs = iter(plan.run(tensors, params))
+        cap = plan.captured
+        leaves = [next(outs) if _is_node(x) else x for x in cap.out_leaves]
+        return pytree.tree_unflatten(leaves, cap.out_spec)
+
+    def _bind(self, args, kwargs) -> tuple:
+        if not kwargs and len(args) == len(self._signature.parameters):
+            return args
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"fusion: calling {self._orig!r}: {e}") from None
+        bound.apply_defaults()
+        return tuple(bound.args) + tuple(bound.kwargs.values())
+
+    def _guard_key(self, args) -> tuple:
+        key = [self.training, torch.is_autocast_enabled()]
+        for a in args:
+            key.append(_describe(a))
+        for name, p in self.named_parameters():
+            key.append((name, p.shape, p.dtype, p.device, p.requires_grad))
+        for name, b in self.named_buffers():
+            key.append((name, b.shape, b.dtype, b.device))
+        return tuple(key)
+
+    def _warn_limit(self, key):
+        if self._warned_limit:
+            return
+        self._warned_limit = True
+        names = list(self._signature.parameters)
+        changing = "the module state (training mode or parameters)"
+        if self._last_key is not None:
+            for i, (a, b) in enumerate(zip(key[2:], self._last_key[2:])):
+                if a != b:
+                    changing = f"argument {names[i]!r} ({b} -> {a})" if i < len(names) else changing
+                    break
+        warnings.warn(f"fusion: recompile limit ({self._limit}) reached; {changing} keeps changing. "
+                      "New signatures now run eagerly.", RuntimeWarning, stacklevel=3)
+
+
+def _describe(a):
+    if isinstance(a, torch.Tensor):
+        return ("tensor", a.shape, a.stride(), a.dtype, a.device, a.requires_grad)
+    if isinstance(a, (bool, int, float, str, type(None), torch.dtype, torch.device)):
+        return (type(a).__name__, a)
+    return (type(a).__name__, id(a))
+
+
+def _is_node(x) -> bool:
+    from ir.graph import Node
+    return isinstance(x, Node)
+
+
+def _fetch(root, qualname: str):
+    obj = root
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def compile(model, *, fallback: str = "error",
+            recompile_limit: int = DEFAULT_RECOMPILE_LIMIT) -> CompiledModule:
+    """Compile ``model`` (an ``nn.Module`` or a function of tensors).
+
+    Returns a module computing the same results with fused Triton kernels.
+    ``fallback="eager"`` runs a model that torch.fx cannot trace eagerly
+    (with one warning) instead of raising ``fusion.CaptureError``.
+    """
+    return CompiledModule(model, fallback=fallback, recompile_limit=recompile_limit)

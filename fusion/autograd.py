@@ -1,0 +1,59 @@
+"""Autograd for fused kernels: one ``torch.autograd.Function`` per kernel launch.
+
+Forward saves only the group inputs that its backward reads (often fewer than
+all of them: ``x + y`` saves nothing) and never an intermediate: the backward
+kernel recomputes them. The backward is the group's reverse-mode graph from
+the op table's rules, compiled by the same pipeline into ONE pointwise kernel
+(plus ``sum_to`` reductions, run by torch, for inputs that were broadcast).
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ir.autodiff import backward_graph, differentiable
+
+
+class BackwardPlan:
+    """The compiled backward of one group for one pattern of needed gradients."""
+
+    def __init__(self, kernel, needs: tuple):
+        from fusion.plan import Plan
+        g = kernel.group
+        graph = backward_graph(g.nodes, g.inputs, g.outputs, needs)
+        self.plan = Plan(graph, kernel.mode, role="backward")
+        # which forward inputs the backward reads: only those are saved
+        used = {i for grp in self.plan.groups for i in grp.inputs} | set(self.plan.graph.outputs)
+        ins = self.plan.graph.inputs
+        self.saved = [k for k in range(len(g.inputs)) if ins[k] in used]
+        self.n_inputs = len(g.inputs)
+        self.grad_outputs = [k for k, o in enumerate(g.outputs) if differentiable(o)]
+
+    def run(self, saved: list, grads: list) -> list:
+        inputs = [None] * self.n_inputs
+        for k, t in zip(self.saved, saved):
+            inputs[k] = t
+        return self.plan.run(inputs + [grads[k] for k in self.grad_outputs])
+
+
+class FusedKernelFunction(torch.autograd.Function):
+    """Forward: the fused kernel. Backward: its generated backward kernel."""
+
+    @staticmethod
+    def forward(ctx, kernel, *inputs):
+        outs = kernel(list(inputs))
+        needs = tuple(ctx.needs_input_grad[1:])
+        bwd = kernel.backward_plan(needs)
+        ctx.bwd = bwd
+        ctx.save_for_backward(*[inputs[k] for k in bwd.saved])
+        ctx.mark_non_differentiable(*[o for o, n in zip(outs, kernel.group.outputs)
+                                      if not differentiable(n)])
+        return tuple(outs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        bwd = ctx.bwd
+        grads_in = iter(bwd.run(list(ctx.saved_tensors), list(grads)))
+        needs = ctx.needs_input_grad[1:]
+        return (None, *[next(grads_in) if need else None for need in needs])

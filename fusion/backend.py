@@ -1,0 +1,37 @@
+"""Where kernels run: CUDA tensors through the Triton JIT, CPU tensors through
+Triton's interpreter when ``TRITON_INTERPRET=1`` was set before triton was
+imported, otherwise through the graph's eager references."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+TRITON, INTERPRETER, EAGER = "triton", "triton-interpreter", "eager"
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def mode_for(device: torch.device) -> str:
+    """How a graph whose tensors live on ``device`` is executed."""
+    if not triton_available():
+        return EAGER
+    if interpreter_on():
+        return INTERPRETER
+    return TRITON if device.type == "cuda" else EAGER
+
+
+def describe(mode: str) -> str:
+    return {TRITON: "Triton JIT kernels on the GPU",
+            INTERPRETER: "generated Triton kernels in Triton's interpreter (CPU, TRITON_INTERPRET=1)",
+            EAGER: "eager torch references (CPU without TRITON_INTERPRET=1: no Triton kernels run)"}[mode]

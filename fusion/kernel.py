@@ -1,0 +1,111 @@
+"""A fused pointwise kernel at run time: layout, specialisation, launch.
+
+One ``PointwiseKernel`` per pointwise group. Each call looks at its input
+tensors' strides (``fusion.layout``), emits and caches one source variant
+per distinct layout, allocates the outputs and launches the grid.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from codegen.cache import load_kernel, source_path
+from codegen.pointwise import STRIDED, EmittedKernel, PointwiseSpec, emit_pointwise
+from fusion.backend import INTERPRETER
+from fusion.layout import Layout, plan_layout
+
+
+@dataclass
+class Variant:
+    """One generated source specialised to a layout, and its loaded kernel."""
+    emitted: EmittedKernel
+    fn: object
+    layout: Layout
+    example: list  # (dtype, shape, stride, is_pointer) per argument, for compile_for
+
+    @property
+    def path(self) -> str:
+        return str(source_path(self.emitted.name, self.emitted.source))
+
+
+class PointwiseKernel:
+    """Runs one pointwise group as a single Triton kernel."""
+
+    def __init__(self, group, mode: str, role: str = "forward"):
+        self.group = group
+        self.mode = mode
+        self.role = role
+        self.variants: dict[tuple, Variant] = {}
+        self._by_strides: dict[tuple, Variant] = {}
+        self.backward_plans: dict[tuple, object] = {}
+
+    def backward_plan(self, needs: tuple):
+        """The backward of this group for one pattern of needed input gradients (cached)."""
+        from fusion.autograd import BackwardPlan
+        if needs not in self.backward_plans:
+            self.backward_plans[needs] = BackwardPlan(self, needs)
+        return self.backward_plans[needs]
+
+    def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        shape = self.group.shape
+        device = self.group.outputs[0].device
+        outs = [torch.empty(shape, dtype=o.dtype, device=device) for o in self.group.outputs]
+        if outs[0].numel() == 0:
+            return outs
+        inputs = [t if t.device == device else t.to(device) for t in inputs]
+        variant = self.variant_for(inputs)
+        args = []
+        for t, kind, strides in zip(inputs, variant.layout.kinds, variant.layout.strides):
+            args.append(t)
+            if kind == STRIDED:
+                args.extend(strides)
+        args += outs
+        args += list(variant.layout.sizes[1:])
+        n = outs[0].numel()
+        args.append(n)
+        block = _block_size(n, self.mode)
+        grid = ((n + block - 1) // block,)
+        variant.fn[grid](*args, BLOCK_SIZE=block)
+        return outs
+
+    def variant_for(self, inputs: list[torch.Tensor]) -> Variant:
+        key = tuple((t.shape, t.stride()) for t in inputs)
+        v = self._by_strides.get(key)
+        if v is None:
+            layout = plan_layout(self.group.shape, inputs)
+            vkey = (len(layout.sizes), layout.kinds, layout.int64)
+            v = self.variants.get(vkey)
+            if v is None:
+                v = self.variants[vkey] = self._build(layout, inputs)
+            self._by_strides[key] = v
+        return v
+
+    def _build(self, layout: Layout, inputs) -> Variant:
+        g = self.group
+        spec = PointwiseSpec(tuple(g.nodes), tuple(g.inputs), layout.kinds, tuple(g.outputs),
+                             len(layout.sizes), layout.int64)
+        emitted = emit_pointwise(spec)
+        if os.environ.get("FUSION_LOG", "") in ("code", "output_code"):
+            print(f"# fusion: {self.role} kernel {emitted.name}\n{emitted.source}", file=sys.stderr)
+        fn = load_kernel(emitted.name, emitted.source)
+        example = []
+        for t, kind, strides in zip(inputs, layout.kinds, layout.strides):
+            example.append(("ptr", t.dtype))
+            example += [("int", s) for s in (strides if kind == STRIDED else ())]
+        example += [("ptr", o.dtype) for o in g.outputs]
+        n = 1
+        for s in layout.sizes:
+            n *= s
+        example += [("int", s) for s in layout.sizes[1:]] + [("int", n)]
+        return Variant(emitted, fn, layout, example)
+
+
+def _block_size(n: int, mode: str) -> int:
+    if mode == INTERPRETER:
+        # the interpreter costs ~0.6 ms per program: few, large programs
+        return min(max(16, 1 << (n - 1).bit_length()), 1 << 16)
+    return 1024
+

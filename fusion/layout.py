@@ -1,0 +1,81 @@
+"""How a pointwise kernel reads each input, decided from the tensors' strides.
+
+Inputs are viewed over the group's iteration shape with torch's broadcasting
+(stride 0 on broadcast dimensions). Size-1 dimensions are dropped and
+neighbouring dimensions merged wherever every input allows it, so the
+kernel's index arithmetic is as short as the layouts permit: an all-contiguous
+group needs none at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from codegen.pointwise import FLAT, SCALAR, STRIDED
+
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    sizes: tuple        # collapsed iteration space
+    strides: tuple      # per input: strides over ``sizes`` (empty unless STRIDED)
+    kinds: tuple        # per input: FLAT, STRIDED or SCALAR
+    int64: bool         # some offset may not fit in int32
+
+
+def broadcast_strides(t: torch.Tensor, shape: tuple) -> list[int]:
+    """``t``'s element strides as if expanded to ``shape`` (0 where broadcast)."""
+    pad = len(shape) - t.dim()
+    out = [0] * pad
+    for d, (size, stride) in enumerate(zip(t.shape, t.stride())):
+        out.append(0 if size == 1 and shape[pad + d] != 1 else stride)
+    return out
+
+
+def plan_layout(shape: tuple, tensors: list[torch.Tensor]) -> Layout:
+    """Collapse ``shape`` and classify each input; see the module docstring."""
+    numel = 1
+    for s in shape:
+        numel *= s
+    full = [broadcast_strides(t, shape) for t in tensors]
+    dims = [d for d, s in enumerate(shape) if s != 1]
+    sizes = [shape[d] for d in dims]
+    strides = [[st[d] for d in dims] for st in full]
+    # merge dimension d into d-1 when every input steps through them as one
+    d = len(sizes) - 1
+    while d > 0:
+        if all(st[d - 1] == st[d] * sizes[d] for st in strides):
+            sizes[d - 1] *= sizes[d]
+            del sizes[d]
+            for st in strides:
+                st[d - 1] = st[d]
+                del st[d]
+        d -= 1
+    kinds, kept = [], []
+    contiguous = _contiguous_strides(sizes)
+    for t, st in zip(tensors, strides):
+        if t.numel() == 1:
+            kinds.append(SCALAR)
+            kept.append(())
+        elif st == contiguous:
+            kinds.append(FLAT)
+            kept.append(())
+        else:
+            kinds.append(STRIDED)
+            kept.append(tuple(st))
+    reach = max([numel] + [_max_offset(t) for t in tensors])
+    return Layout(tuple(sizes), tuple(kept), tuple(kinds), reach > INT32_MAX)
+
+
+def _contiguous_strides(sizes: list[int]) -> list[int]:
+    out, step = [], 1
+    for s in reversed(sizes):
+        out.append(step)
+        step *= s
+    return out[::-1]
+
+
+def _max_offset(t: torch.Tensor) -> int:
+    return sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride())) + 1 if t.numel() else 0

@@ -1,0 +1,78 @@
+"""``fusion.explain``: what was captured, fused, generated and left to torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from fusion.backend import describe
+
+
+@dataclass
+class KernelReport:
+    """One generated kernel, with enough to read it, find it and compile it."""
+    name: str
+    kind: str
+    source: str
+    path: str
+    inputs: list          # IR values read, e.g. "%0 x: f32[37, 53]"
+    outputs: list         # IR values written
+    bytes_read: int
+    bytes_written: int
+    eager_bytes: int      # what eager's separate ops would read + write
+    _example: list = field(repr=False, default_factory=list)
+    _constexprs: dict = field(repr=False, default_factory=dict)
+
+    def compile_for(self, arch: str = "sm_90"):
+        """Compile for ``sm_90`` / ``sm_80`` without a GPU: ``.ptx``, ``.registers``,
+        ``.spills``, ``.shared_bytes``."""
+        from codegen.gpu_report import compile_for
+        return compile_for(self.path, self.name, self._example, arch, self._constexprs or None)
+
+
+@dataclass
+class Report:
+    """The result of ``fusion.explain``; ``str(report)`` is a readable summary."""
+    graph: str
+    mode: str
+    kernels: list
+    backward_kernels: list
+    extern: list          # (op, reason) for every node not fused
+    saved: list           # per forward kernel: the inputs it saves for backward
+    saved_bytes: int
+    eager_saved_bytes: int | None
+
+    def __str__(self) -> str:
+        lines = ["== IR ==", self.graph, "", f"== Execution: {describe(self.mode)} =="]
+        for title, ks in (("Forward kernels", self.kernels), ("Backward kernels", self.backward_kernels)):
+            if not ks:
+                continue
+            lines += ["", f"== {title} =="]
+            for k in ks:
+                moved = k.bytes_read + k.bytes_written
+                lines.append(f"{k.name} [{k.kind}]  reads {', '.join(k.inputs)}  writes "
+                             f"{', '.join(k.outputs)}")
+                lines.append(f"    bytes moved {moved:,} vs {k.eager_bytes:,} for eager's separate ops"
+                             f" ({k.eager_bytes / max(moved, 1):.2f}x less)  source: {k.path}")
+        lines += ["", "== Not fused (run by eager torch) =="]
+        lines += [f"{op}: {why}" for op, why in self.extern] or ["nothing: every op was fused or is a view"]
+        if self.saved:
+            lines += ["", "== Saved for backward =="]
+            lines += [f"{name}: {', '.join(vals) or 'nothing'}" for name, vals in self.saved]
+            eager = "" if self.eager_saved_bytes is None else \
+                f" (eager autograd saves {self.eager_saved_bytes:,})"
+            lines.append(f"total {self.saved_bytes:,} bytes{eager}")
+        return "\n".join(lines)
+
+
+def explain(model, *example_inputs, **example_kwargs) -> Report:
+    """Compile ``model``, run it once on the examples, and report what happened.
+
+    When an input or parameter requires grad, a backward pass is run too
+    (with ``torch.autograd.grad``: nothing accumulates into ``.grad``) so the
+    backward kernels are listed.
+    """
+    import fusion
+    from fusion.explain_collect import collect
+    compiled = model if isinstance(model, fusion.CompiledModule) else fusion.compile(model)
+    return collect(compiled, example_inputs, example_kwargs)

@@ -1,0 +1,237 @@
+"""Capture: torch.fx traces a module once; each new input signature lowers the
+fx graph into a typed IR graph, with types taken from that call's inputs.
+
+Known ops (the op table's aliases) become IR nodes. Shape queries
+(``x.shape[0]``, ``x.size(1)``) fold to constants: shapes are guarded, so
+they cannot change under a compiled plan. Everything else becomes an
+``extern`` node run by eager torch, with the reason recorded for ``explain``.
+"""
+from __future__ import annotations
+
+import builtins
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+
+from ir.graph import Graph, Node
+from ir.ops import OPS
+from ir.types import meta
+
+
+class CaptureError(RuntimeError):
+    """torch.fx could not trace the model; the message says why."""
+
+
+def trace(model) -> fx.GraphModule:
+    """Symbolically trace ``model`` (an nn.Module or a function of tensors)."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:  # fx raises TraceError, TypeError, ... depending on the construct
+        name = getattr(model, "__name__", type(model).__name__)
+        raise CaptureError(
+            f"fusion: torch.fx cannot trace {name}: {type(e).__name__}: {e}. "
+            "Data-dependent control flow (if/while on tensor values) cannot be captured; "
+            "pass fallback='eager' to run such a model eagerly.") from e
+
+
+def _alias_table() -> dict:
+    table = {}
+    for name, d in OPS.items():
+        for a in d.aliases:
+            table[a] = name
+    return table
+
+
+ALIASES = _alias_table()
+_PASSTHROUGH_MODULES = (torch.nn.Identity,)
+_SHAPE_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"}
+_SHAPE_METHODS = {"size", "dim", "numel", "get_device"}
+
+
+@dataclass
+class Captured:
+    """The IR graph of one call signature and how to rebuild the output structure."""
+    graph: Graph
+    out_spec: pytree.TreeSpec
+    out_leaves: list  # per output leaf: a Node, or a constant to return as is
+
+
+def lower(gm: fx.GraphModule, args: tuple, root=None) -> Captured:
+    """Lower the traced module to IR, typed by the example ``args``.
+
+    Parameters and submodules are looked up on ``root`` (the user's module,
+    default ``gm``), so replacing one between calls is seen, never stale.
+    """
+    root = gm if not isinstance(root, torch.nn.Module) else root
+    g = Graph()
+    env: dict[fx.Node, object] = {}
+    params: dict[str, Node] = {}
+    arg_iter = iter(args)
+
+    def param(qualname: str, value) -> object:
+        if not isinstance(value, torch.Tensor):
+            return value
+        if qualname not in params:
+            params[qualname] = g.add_node("param", (), {}, value.shape, value.dtype, value.device,
+                                          name=qualname)
+        return params[qualname]
+
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            value = next(arg_iter)
+            env[n] = (g.add_node("input", (), {}, value.shape, value.dtype, value.device, name=n.target)
+                      if isinstance(value, torch.Tensor) else value)
+        elif n.op == "get_attr":
+            env[n] = param(n.target, _fetch(root, n.target))
+        elif n.op == "output":
+            leaves, spec = pytree.tree_flatten(fx.node.map_arg(n.args[0], env.__getitem__))
+            g.outputs = [x for x in leaves if isinstance(x, Node)]
+            return Captured(g, spec, leaves)
+        else:
+            args_ = fx.node.map_arg(n.args, env.__getitem__)
+            kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
+            env[n] = _lower_call(g, root, n, args_, kwargs, param)
+    raise CaptureError("fusion: traced graph has no output")
+
+
+def _fetch(gm, qualname: str):
+    obj = gm
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _lower_call(g: Graph, root, n: fx.Node, args, kwargs, param):
+    target, alias = n.target, n.target
+    if n.op == "call_module":
+        mod = root.get_submodule(n.target)
+        if isinstance(mod, _PASSTHROUGH_MODULES) or (isinstance(mod, torch.nn.Dropout) and not mod.training):
+            return args[0]
+        if isinstance(mod, torch.nn.Linear):
+            w = param(f"{n.target}.weight", mod.weight)
+            b = param(f"{n.target}.bias", mod.bias) if mod.bias is not None else None
+            return g.call("linear", args[0], w, *([b] if b is not None else []))
+        alias = type(mod)
+        target = mod
+    elif n.op == "call_method":
+        if n.target.endswith("_") and not n.target.endswith("__"):
+            raise NotImplementedError(
+                f"fusion: in-place method .{n.target}() in forward is not supported "
+                f"(it mutates {args[0]!r}); use the out-of-place .{n.target[:-1]}()")
+
+    # shape queries and arithmetic on Python values fold to constants
+    folded = _fold(n, target, args, kwargs)
+    if folded is not _NOT_FOLDED:
+        return folded
+
+    if n.op == "call_function" and target is builtins.getattr and args[1] in ("T", "mT"):
+        x = args[0]
+        if args[1] == "T":
+            return g.call("permute", x, dims=tuple(reversed(range(len(x.shape)))))
+        return g.call("transpose", x, dim0=-2, dim1=-1)
+
+    name = ALIASES.get(alias) if _hashable(alias) else None
+    if name is not None and not (isinstance(alias, type) and kwargs):
+        d = OPS[name]
+        try:
+            inputs, attrs = (d.parse(alias, args, kwargs) if d.parse
+                             else (tuple(args), _no_kwargs(kwargs)))
+            if all(not isinstance(i, Node) for i in inputs):
+                raise NotImplementedError("no tensor operand")
+            if any(not isinstance(i, (Node, bool, int, float)) for i in inputs):
+                raise NotImplementedError(f"operands {inputs} are not tensors or scalars")
+            return g.call(name, *inputs, **attrs)
+        except NotImplementedError as e:
+            return _extern(g, n, target, args, kwargs, f"{name}: {e}")
+    return _extern(g, n, target, args, kwargs, "not in the op table")
+
+
+def _no_kwargs(kwargs):
+    if kwargs:
+        raise NotImplementedError(f"keyword arguments {dict(kwargs)} are not fused")
+    return {}
+
+
+def _hashable(x) -> bool:
+    try:
+        hash(x)
+        return True
+    except TypeError:
+        return False
+
+
+_NOT_FOLDED = object()
+
+
+def _fold(n: fx.Node, target, args, kwargs):
+    """Evaluate shape queries and pure-Python arithmetic at capture time."""
+    flat = pytree.tree_leaves((args, kwargs))
+    nodes = [x for x in flat if isinstance(x, Node)]
+    if n.op == "call_method" and target in _SHAPE_METHODS:
+        pass
+    elif n.op == "call_function" and target is builtins.getattr and args[1] in _SHAPE_ATTRS:
+        pass
+    elif nodes or n.op == "call_module" or not callable(target):
+        return _NOT_FOLDED
+    elif getattr(target, "__module__", "") in ("_operator", "operator", "builtins", "math"):
+        pass
+    else:
+        return _NOT_FOLDED
+    m_args, m_kwargs = pytree.tree_map(meta, (args, kwargs))
+    fn = getattr(m_args[0], target) if n.op == "call_method" else target
+    value = fn(*(m_args[1:] if n.op == "call_method" else m_args), **m_kwargs)
+    if isinstance(value, torch.device) and nodes:
+        value = nodes[0].device  # meta tensors report "meta"; the real device is guarded
+    return _NOT_FOLDED if isinstance(value, torch.Tensor) else value
+
+
+def _extern(g: Graph, n: fx.Node, target, args, kwargs, reason: str) -> Node:
+    """A node run by eager torch; its type comes from running it on meta tensors."""
+    inputs = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, Node)]
+    label = _target_name(n, target)
+    attrs = {"target": target, "method": n.op == "call_method", "args": args, "kwargs": kwargs,
+             "label": label, "reason": reason}
+    out = _run_on(attrs, meta)
+    if isinstance(out, torch.Tensor):
+        device = inputs[0].device if inputs else out.device
+        return g.add_node("extern", inputs, attrs, out.shape, out.dtype, device, name=label)
+    return g.add_node("extern", inputs, attrs, (), None, inputs[0].device if inputs else "cpu",
+                      name=label)
+
+
+def run_extern(node: Node, values: dict) -> object:
+    """Run an extern node on real values (``values`` maps its input nodes)."""
+    return _run_on(node.attrs, lambda x: values[x] if isinstance(x, Node) else x)
+
+
+def _run_on(attrs, convert):
+    args, kwargs = pytree.tree_map(convert, (attrs["args"], attrs["kwargs"]),
+                                   is_leaf=lambda x: isinstance(x, Node))
+    target = attrs["target"]
+    if attrs["method"]:
+        return getattr(args[0], target)(*args[1:], **kwargs)
+    if isinstance(target, torch.nn.Module):
+        return _module_on_meta(target, args, kwargs) if _is_meta(args) else target(*args, **kwargs)
+    return target(*args, **kwargs)
+
+
+def _is_meta(args) -> bool:
+    return any(isinstance(a, torch.Tensor) and a.is_meta for a in pytree.tree_leaves(args))
+
+
+def _module_on_meta(mod, args, kwargs):
+    # a module's own parameters are real tensors: run a meta copy to learn the output type
+    import copy
+    return copy.deepcopy(mod).to("meta")(*args, **kwargs)
+
+
+def _target_name(n: fx.Node, target) -> str:
+    if n.op == "call_method":
+        return f"Tensor.{target}"
+    if n.op == "call_module":
+        return f"{type(target).__name__} ({n.target})"
+    mod = getattr(target, "__module__", None) or ""
+    return f"{mod.replace('torch._C._nn', 'torch.nn.functional')}.{getattr(target, '__name__', target)}".lstrip(".")

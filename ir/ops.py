@@ -1,0 +1,276 @@
+"""The op table: every op the compiler knows, declared once.
+
+Each entry holds, side by side: its kind (what fusion reads), its shape/dtype
+rule, its eager reference (a torch callable: the oracle and the CPU fallback),
+its Triton expression (pointwise ops), its derivative rule written in IR ops
+(a vector-Jacobian product per input), and the torch spellings capture maps
+to it. Adding an op means adding one entry here; the tests sweep this table.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ir.types import cast_rule, compute_type, elementwise, meta_rule, sum_to_rule, triton_type
+
+KINDS = ("pointwise", "matmul", "view", "reduce", "extern")
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Everything about one op. ``vjp(b, out, g, *xs, **attrs)`` returns one
+    gradient per input (``None`` where it has none), built with ``b.call``."""
+    name: str
+    kind: str
+    infer: Callable            # (op, inputs, attrs) -> (shape, dtype, device)
+    eager: Callable            # torch reference
+    vjp: Callable | None       # derivative rule; None only for non-differentiable ops
+    triton: Callable | None = None   # (arg exprs, attrs, compute type) -> expression
+    promotion: str = "common"  # how operands are typed before the expression
+    aliases: tuple = ()        # torch callables / method names capture maps here
+    parse: Callable | None = None   # (alias, args, kwargs) -> (inputs, attrs); None: positional only
+    domain: str = "real"       # sample inputs the tests draw: real, positive, bool
+    differentiable: bool = True
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def op(name, kind, infer, eager, vjp, **kw) -> OpDef:
+    d = OpDef(name, kind, infer, eager, vjp, **kw)
+    OPS[name] = d
+    return d
+
+
+def _pointwise(name, promotion, eager, triton, vjp, **kw):
+    return op(name, "pointwise", elementwise(promotion), eager, vjp, triton=triton,
+              promotion=promotion, **kw)
+
+
+# ---- pointwise: arithmetic ------------------------------------------------
+_pointwise("add", "common", lambda x, y: torch.add(x, y), lambda a, at, ct: f"{a[0]} + {a[1]}",
+           lambda b, out, g, x, y: (g, g), aliases=(torch.add, operator.add, "add", "__add__", "__radd__"))
+_pointwise("sub", "common", lambda x, y: torch.sub(x, y), lambda a, at, ct: f"{a[0]} - {a[1]}",
+           lambda b, out, g, x, y: (g, b.call("neg", g)),
+           aliases=(torch.sub, operator.sub, "sub", "__sub__"))
+_pointwise("mul", "common", torch.mul, lambda a, at, ct: f"{a[0]} * {a[1]}",
+           lambda b, out, g, x, y: (b.call("mul", g, y), b.call("mul", g, x)),
+           aliases=(torch.mul, operator.mul, "mul", "__mul__", "__rmul__"))
+_pointwise("div", "float", torch.div, lambda a, at, ct: f"{a[0]} / {a[1]}",
+           lambda b, out, g, x, y: (
+               b.call("div", g, y),
+               b.call("neg", b.call("div", b.call("mul", g, x), b.call("mul", y, y)))),
+           aliases=(torch.div, torch.true_divide, operator.truediv, "div", "__truediv__"))
+_pointwise("neg", "common", torch.neg, lambda a, at, ct: f"-{a[0]}",
+           lambda b, out, g, x: (b.call("neg", g),),
+           aliases=(torch.neg, operator.neg, "neg", "__neg__"))
+_pointwise("abs", "common", torch.abs, lambda a, at, ct: f"tl.abs({a[0]})",
+           lambda b, out, g, x: (b.call("mul", g, b.call("sign", x)),),
+           aliases=(torch.abs, operator.abs, "abs", "__abs__"))
+_pointwise("sign", "common", torch.sign, lambda a, at, ct: f"sign({a[0]})",
+           lambda b, out, g, x: (b.call("mul", g, 0.0),), aliases=(torch.sign, "sign"))
+_pointwise("pow", "float", lambda x, exponent: torch.pow(x, exponent),
+           lambda a, at, ct: pow_expr(a[0], at["exponent"]),
+           lambda b, out, g, x, exponent: (
+               b.call("mul", g, b.call("mul", b.call("pow", x, exponent=exponent - 1), exponent)),),
+           aliases=(torch.pow, operator.pow, "pow", "__pow__"), parse=lambda alias, args, kwargs: (
+               _scalar_exponent(args, kwargs)))
+
+
+
+def _scalar_exponent(args, kwargs):
+    exponent = args[1] if len(args) > 1 else kwargs.get("exponent")
+    if not isinstance(exponent, (int, float)) or isinstance(exponent, bool):
+        raise NotImplementedError("pow with a tensor exponent is not fused (scalar exponents only)")
+    return args[:1], {"exponent": exponent}
+
+
+def _no_kwargs_but(*allowed):
+    """A parser for ops whose keyword arguments are only harmless ones (inplace=False...)."""
+    def parse(alias, args, kwargs):
+        bad = {k: v for k, v in kwargs.items() if k not in allowed or v}
+        if bad:
+            raise NotImplementedError(f"keyword arguments {bad} are not fused")
+        return args, {}
+    return parse
+
+
+# ---- pointwise: transcendental ----------------------------------------------
+_pointwise("exp", "float", torch.exp, lambda a, at, ct: f"tl.exp({a[0]})",
+           lambda b, out, g, x: (b.call("mul", g, b.call("exp", x)),),
+           aliases=(torch.exp, "exp"))
+_pointwise("log", "float", torch.log, lambda a, at, ct: f"tl.log({a[0]})",
+           lambda b, out, g, x: (b.call("div", g, x),),
+           aliases=(torch.log, "log"), domain="positive")
+_pointwise("sigmoid", "float", torch.sigmoid, lambda a, at, ct: f"sigmoid({a[0]})",
+           lambda b, out, g, x: (b.call("mul", g, b.call("sigmoid_grad", x)),),
+           aliases=(torch.sigmoid, F.sigmoid, "sigmoid", torch.nn.Sigmoid))
+# dσ/dx as its own primitive: recomputed from x as z/(1+z)^2, z = exp(-|x|),
+# accurate in both tails where eager's σ(1-σ) rounds to 0 (x >= 17 in fp32).
+_pointwise("sigmoid_grad", "float",
+           lambda x: torch.sigmoid(x) * torch.sigmoid(-x),
+           lambda a, at, ct: f"sigmoid_grad({a[0]})",
+           lambda b, out, g, x: (b.call("mul", g, b.call("mul", out, b.call(
+               "neg", b.call("tanh", b.call("mul", x, 0.5))))),))
+_pointwise("tanh", "float", torch.tanh, lambda a, at, ct: f"tanh({a[0]})",
+           lambda b, out, g, x: (b.call("mul", g, b.call("sub", 1.0, b.call("mul", out, out))),),
+           aliases=(torch.tanh, F.tanh, "tanh", torch.nn.Tanh))
+_pointwise("relu", "common", torch.relu, lambda a, at, ct: f"tl.where({a[0]} < 0, 0, {a[0]})",
+           lambda b, out, g, x: (b.call("where", b.call("gt", x, 0), g, 0.0),),
+           aliases=(torch.relu, F.relu, "relu", torch.nn.ReLU), parse=_no_kwargs_but("inplace"))
+_pointwise("silu", "float", F.silu, lambda a, at, ct: f"{a[0]} * sigmoid({a[0]})",
+           lambda b, out, g, x: (b.call("mul", g, b.call(
+               "add", b.call("sigmoid", x), b.call("mul", x, b.call("sigmoid_grad", x)))),),
+           aliases=(F.silu, torch.nn.SiLU), parse=_no_kwargs_but("inplace"))
+
+# ---- pointwise: selection and comparison --------------------------------------
+def _pick(b, g, take):
+    return b.call("where", take, g, 0.0)
+
+
+def _minmax_vjp(greater):
+    # torch's rule: the gradient goes to the winner, halved on ties
+    def vjp(b, out, g, x, y):
+        tie = b.call("eq", x, y)
+        half = b.call("where", tie, b.call("mul", g, 0.5), g)
+        x_wins = b.call("gt" if greater else "lt", x, y)
+        y_wins = b.call("lt" if greater else "gt", x, y)
+        return (b.call("where", y_wins, 0.0, half), b.call("where", x_wins, 0.0, half))
+    return vjp
+
+
+_pointwise("maximum", "common", torch.maximum, lambda a, at, ct: minmax_expr("maximum", a, ct),
+           _minmax_vjp(True), aliases=(torch.maximum, "maximum"))
+_pointwise("minimum", "common", torch.minimum, lambda a, at, ct: minmax_expr("minimum", a, ct),
+           _minmax_vjp(False), aliases=(torch.minimum, "minimum"))
+_pointwise("where", "select", torch.where, lambda a, at, ct: f"tl.where({a[0]}, {a[1]}, {a[2]})",
+           lambda b, out, g, c, x, y: (None, _pick(b, g, c), b.call("where", c, 0.0, g)),
+           aliases=(torch.where, "where"))
+for _name, _sym, _fn, _dunder in (("eq", "==", torch.eq, operator.eq), ("ne", "!=", torch.ne, operator.ne),
+                                  ("lt", "<", torch.lt, operator.lt), ("le", "<=", torch.le, operator.le),
+                                  ("gt", ">", torch.gt, operator.gt), ("ge", ">=", torch.ge, operator.ge)):
+    _pointwise(_name, "bool", _fn, (lambda s: lambda a, at, ct: f"{a[0]} {s} {a[1]}")(_sym), None,
+               aliases=(_fn, _dunder, _name, f"__{_name}__"), differentiable=False)
+
+
+
+def _parse_cast(alias, args, kwargs):
+    fixed = {"float": torch.float32, "half": torch.float16, "double": torch.float64,
+             "bfloat16": torch.bfloat16, "bool": torch.bool, "long": torch.int64, "int": torch.int32}
+    if alias in fixed:
+        return args[:1], {"dtype": fixed[alias]}
+    dtypes = [a for a in list(args[1:]) + list(kwargs.values()) if isinstance(a, torch.dtype)]
+    rest = [a for a in list(args[1:]) if not isinstance(a, (torch.dtype, torch.device, str))]
+    if len(dtypes) != 1 or rest or set(kwargs) - {"dtype", "device"}:
+        raise NotImplementedError(f".to{tuple(args[1:])} with {kwargs}: only .to(dtype) is fused")
+    return args[:1], {"dtype": dtypes[0]}
+
+
+op("cast", "pointwise", cast_rule, lambda x, dtype: x.to(dtype),
+   lambda b, out, g, x, dtype: (b.call("cast", g, dtype=x.dtype) if x.dtype.is_floating_point
+                               else None,),
+   triton=lambda a, at, ct: cast_expr(a[0], at["dtype"]), promotion="none",
+   aliases=("to", "float", "half", "double", "bfloat16", "bool", "long", "int"), parse=_parse_cast)
+
+# ---- reductions (backward of broadcasting) ---------------------------------
+op("sum_to", "reduce", sum_to_rule, lambda x, shape: x.sum_to_size(shape) if x.shape != tuple(shape)
+   else x, lambda b, out, g, x, shape: (b.call("expand", g, shape=x.shape),))
+
+# ---- views: no data moves; kernels read them through strides ---------------------
+def _sizes(args) -> tuple:
+    """(2, 3), ((2, 3),) and ([2, 3],) all mean the sizes (2, 3)."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)):
+        args = args[0]
+    if not all(isinstance(a, int) for a in args):
+        raise NotImplementedError(f"sizes {args} are not static integers")
+    return tuple(args)
+
+
+op("transpose", "view", meta_rule, lambda x, dim0, dim1: x.transpose(dim0, dim1),
+   lambda b, out, g, x, dim0, dim1: (b.call("transpose", g, dim0=dim0, dim1=dim1),),
+   aliases=(torch.transpose, "transpose", torch.t, "t"), parse=lambda alias, args, kwargs: (
+       (args[:1], {"dim0": 0, "dim1": 1}) if alias in (torch.t, "t")
+       else (args[:1], {"dim0": args[1] if len(args) > 1 else kwargs["dim0"],
+                        "dim1": args[2] if len(args) > 2 else kwargs["dim1"]})))
+op("permute", "view", meta_rule, lambda x, dims: x.permute(dims),
+   lambda b, out, g, x, dims: (b.call("permute", g, dims=tuple(sorted(range(len(dims)),
+                                                                     key=lambda i: dims[i]))),),
+   aliases=(torch.permute, "permute"), parse=lambda alias, args, kwargs: (
+       args[:1], {"dims": _sizes(args[1:] or kwargs["dims"])}))
+op("reshape", "view", meta_rule, lambda x, shape: x.reshape(shape),
+   lambda b, out, g, x, shape: (b.call("reshape", g, shape=x.shape),),
+   aliases=(torch.reshape, "reshape", "view"), parse=lambda alias, args, kwargs: (
+       args[:1], {"shape": _sizes(args[1:] or kwargs["shape"])}))
+op("unsqueeze", "view", meta_rule, lambda x, dim: x.unsqueeze(dim),
+   lambda b, out, g, x, dim: (b.call("reshape", g, shape=x.shape),),
+   aliases=(torch.unsqueeze, "unsqueeze"), parse=lambda alias, args, kwargs: (
+       args[:1], {"dim": args[1] if len(args) > 1 else kwargs["dim"]}))
+op("expand", "view", meta_rule, lambda x, shape: x.expand(shape),
+   lambda b, out, g, x, shape: (b.call("sum_to", g, shape=x.shape),),
+   aliases=("expand",), parse=lambda alias, args, kwargs: (
+       args[:1], {"shape": _sizes(args[1:] or kwargs["size"])}))
+
+# ---- matmuls (run by torch for now; epilogue fusion reads the kind) ------------------
+op("matmul", "matmul", meta_rule, torch.matmul,
+   lambda b, out, g, x, y: (b.call("matmul", g, b.call("transpose", y, dim0=-1, dim1=-2)),
+                            b.call("matmul", b.call("transpose", x, dim0=-1, dim1=-2), g)),
+   aliases=(torch.matmul, operator.matmul, torch.mm, torch.bmm, "matmul", "mm", "bmm", "__matmul__"))
+
+
+def _linear_vjp(b, out, g, x, w, bias=None):
+    # out = x @ w.T + bias, x of any leading shape [..., K]
+    g2 = b.call("reshape", g, shape=(-1, w.shape[0]))
+    x2 = b.call("reshape", x, shape=(-1, w.shape[1]))
+    gx = b.call("matmul", g, w)
+    gw = b.call("matmul", b.call("transpose", g2, dim0=0, dim1=1), x2)
+    return (gx, gw) + ((b.call("sum_to", g, shape=bias.shape),) if bias is not None else ())
+
+
+op("linear", "matmul", meta_rule, lambda x, w, bias=None: F.linear(x, w, bias),
+   _linear_vjp, aliases=(F.linear, torch.nn.Linear))
+op("addmm", "matmul", meta_rule, lambda bias, x, w: torch.addmm(bias, x, w),
+   lambda b, out, g, bias, x, w: (b.call("sum_to", g, shape=bias.shape),
+                                  b.call("matmul", g, b.call("transpose", w, dim0=0, dim1=1)),
+                                  b.call("matmul", b.call("transpose", x, dim0=0, dim1=1), g)),
+   aliases=(torch.addmm, "addmm"))
+
+# ---- anything else: run by eager torch, reported by explain ------------------------
+op("extern", "extern", None, None, None, differentiable=True)
+
+
+# ---- Triton spellings that need more than one line of the table ------------------------
+def pow_expr(x: str, p) -> str:
+    """x ** p for a scalar p: exact products for small integers, exp/log otherwise."""
+    if p == 0:
+        return f"({x} * 0 + 1)"
+    if p == 0.5:
+        return f"tl.sqrt({x})"
+    if float(p).is_integer() and abs(p) <= 4:
+        prod = " * ".join([f"{x}"] * int(abs(p)))
+        return f"({prod})" if p > 0 else f"(1.0 / ({prod}))"
+    if float(p).is_integer():
+        # a negative base is fine for integer exponents: sign from the parity
+        odd = int(p) % 2 == 1
+        mag = f"tl.exp({float(p)!r} * tl.log(tl.abs({x})))"
+        return f"tl.where({x} < 0, -{mag}, {mag})" if odd else mag
+    return f"tl.exp({float(p)!r} * tl.log({x}))"
+
+
+def minmax_expr(fn: str, a: list, ct: str) -> str:
+    """NaN propagates, as in torch.maximum/minimum (floats only; ints have none)."""
+    if ct.startswith("tl.float"):
+        return f"tl.{fn}({a[0]}, {a[1]}, propagate_nan=tl.PropagateNan.ALL)"
+    return f"tl.{fn}({a[0]}, {a[1]})"
+
+
+def cast_expr(x: str, dtype: torch.dtype) -> str:
+    """Casts round to the target type even though we keep computing in fp32."""
+    if dtype == torch.bool:
+        return f"({x} != 0)"
+    if dtype in (torch.float16, torch.bfloat16):
+        return f"{x}.to({triton_type(dtype)}).to({compute_type(dtype)})"
+    return f"{x}.to({compute_type(dtype)})"

@@ -1,0 +1,130 @@
+"""Shape and dtype rules shared by the op table (torch broadcasting and promotion)."""
+from __future__ import annotations
+
+import torch
+
+from ir.graph import Node
+
+FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def describe(x) -> str:
+    """An operand as an error message shows it: ``f32[3, 4]`` or ``2.0``."""
+    return x.type_str() if isinstance(x, Node) else repr(x)
+
+
+def meta(x):
+    """A meta tensor with ``x``'s type (constants pass through): free to compute on."""
+    if isinstance(x, Node):
+        if x.dtype is None:
+            raise TypeError(f"{x!r} is not a tensor")
+        return torch.empty(x.shape, dtype=x.dtype, device="meta")
+    return x
+
+
+def device_of(op: str, inputs) -> torch.device:
+    """The common device of the tensor operands; 0-d CPU tensors may mix, as in torch."""
+    devices = {n.device for n in inputs if isinstance(n, Node) and n.dtype is not None
+               and not (n.device.type == "cpu" and n.shape == ())}
+    if len(devices) > 1:
+        raise RuntimeError(f"fusion: {op}: expected all tensors on one device, got "
+                           f"{', '.join(sorted(map(str, devices)))} "
+                           f"({', '.join(describe(i) for i in inputs)})")
+    if devices:
+        return devices.pop()
+    nodes = [n for n in inputs if isinstance(n, Node)]
+    return nodes[0].device if nodes else torch.device("cpu")
+
+
+def broadcast_shape(op: str, inputs) -> tuple:
+    """torch broadcasting; the error names the op and the shapes, with eager's type."""
+    shapes = [n.shape for n in inputs if isinstance(n, Node)]
+    try:
+        return tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        raise RuntimeError(
+            f"fusion: {op}: shapes {' and '.join(str(list(s)) for s in shapes)} "
+            f"do not broadcast") from None
+
+
+def promote(inputs) -> torch.dtype:
+    """torch.result_type over tensors and Python scalars (0-d tensors count as scalars)."""
+    ops = [meta(i) for i in inputs]
+    if len(ops) == 1:
+        x = ops[0]
+        return x.dtype if isinstance(x, torch.Tensor) else torch.tensor(x).dtype
+    dtype = torch.result_type(ops[0], ops[1])
+    for other in ops[2:]:
+        # fold: result_type of the first pair stands in as a tensor of that dtype
+        dtype = torch.result_type(torch.empty(1, dtype=dtype, device="meta"), other)
+    return dtype
+
+
+def to_float(dtype: torch.dtype) -> torch.dtype:
+    """Integer and bool results of float ops become the default float, as in torch."""
+    return dtype if dtype.is_floating_point else torch.get_default_dtype()
+
+
+def elementwise(promotion: str):
+    """The rule for a pointwise op: broadcast shapes, dtype by ``promotion``.
+
+    ``promotion`` is "common" (result_type), "float" (result_type, ints -> float),
+    "bool" (comparisons), "select" (where: the first operand is the condition).
+    """
+    def rule(op, inputs, attrs):
+        shape = broadcast_shape(op, inputs)
+        device = device_of(op, inputs)
+        if promotion == "select":
+            cond = inputs[0]
+            if not (isinstance(cond, Node) and cond.dtype == torch.bool):
+                raise TypeError(f"fusion: {op}: condition must be a bool tensor, got "
+                                f"{describe(cond)}")
+            dtype = promote(inputs[1:])
+        else:
+            dtype = promote(inputs)
+        if promotion == "float":
+            dtype = to_float(dtype)
+        elif promotion == "bool":
+            dtype = torch.bool
+        return shape, dtype, device
+    return rule
+
+
+def cast_rule(op, inputs, attrs):
+    (x,) = inputs
+    return x.shape, attrs["dtype"], x.device
+
+
+def sum_to_rule(op, inputs, attrs):
+    (x,) = inputs
+    return tuple(attrs["shape"]), x.dtype, x.device
+
+
+def meta_rule(op, inputs, attrs):
+    """Run the op's eager reference on meta tensors: torch's own shape rule, no data."""
+    from ir.ops import OPS
+    device = device_of(op, inputs)
+    try:
+        out = OPS[op].eager(*[meta(i) for i in inputs], **attrs)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        raise type(e)(f"fusion: {op}: invalid for {', '.join(describe(i) for i in inputs)}"
+                      f"{' with ' + str(attrs) if attrs else ''}: {e}") from None
+    return tuple(out.shape), out.dtype, device
+
+
+# Triton spellings of dtypes, as strings: ir/ imports no triton.
+_TRITON = {torch.float32: "tl.float32", torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16",
+           torch.float64: "tl.float64", torch.int64: "tl.int64", torch.int32: "tl.int32",
+           torch.int16: "tl.int16", torch.int8: "tl.int8", torch.uint8: "tl.uint8", torch.bool: "tl.int1"}
+
+
+def triton_type(dtype: torch.dtype) -> str:
+    """The Triton type a tensor of ``dtype`` is stored as."""
+    return _TRITON[dtype]
+
+
+def compute_type(dtype: torch.dtype) -> str:
+    """The type a value is computed in: half types widen to fp32, fp64 stays fp64."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return "tl.float32"
+    return _TRITON[dtype]
