@@ -34,7 +34,10 @@ class CompiledModule(torch.nn.Module):
             self._modules = model._modules
             self.training = model.training
         fn = model.forward if isinstance(model, torch.nn.Module) else model
-        self._signature = inspect.signature(fn)
+        try:
+            self._signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # builtins: no signature, positional calls only
+            self._signature = None
         self._plans: dict[tuple, Plan] = {}
         self._limit = recompile_limit
         self._warned_limit = False
@@ -92,7 +95,7 @@ class CompiledModule(torch.nn.Module):
         return pytree.tree_unflatten(leaves, cap.out_spec)
 
     def _bind(self, args, kwargs) -> tuple:
-        if not kwargs and len(args) == len(self._signature.parameters):
+        if self._signature is None or (not kwargs and len(args) == len(self._signature.parameters)):
             return args
         try:
             bound = self._signature.bind(*args, **kwargs)
@@ -115,7 +118,7 @@ class CompiledModule(torch.nn.Module):
         if self._warned_limit:
             return
         self._warned_limit = True
-        names = list(self._signature.parameters)
+        names = list(self._signature.parameters) if self._signature else []
         changing = "the module state (training mode or parameters)"
         if self._last_key is not None:
             for i, (a, b) in enumerate(zip(key[2:], self._last_key[2:])):

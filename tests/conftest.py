@@ -1,0 +1,31 @@
+"""Test setup: generated kernels run in Triton's interpreter on CPU.
+
+TRITON_INTERPRET must be set before triton is imported, so it is set here,
+before any test module imports fusion. Set FUSION_TEST_DEVICE=cuda (and
+TRITON_INTERPRET=0) to run the same suite on a GPU with real kernels.
+"""
+import os
+import tempfile
+
+DEVICE = os.environ.get("FUSION_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+os.environ.setdefault("FUSION_CACHE_DIR", tempfile.mkdtemp(prefix="fusion-test-cache-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture
+def device():
+    """The device tests put their tensors on (cpu: interpreter kernels)."""
+    return torch.device(DEVICE)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
