@@ -5,6 +5,7 @@ import inspect
 import warnings
 
 import torch
+import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from fusion.backend import mode_for
@@ -43,7 +44,8 @@ class CompiledModule(torch.nn.Module):
         self._warned_limit = False
         self._last_key = None
         try:
-            self._gm = trace(model)
+            # a GraphModule (e.g. from Dynamo) is already captured: use it as it is
+            self._gm = model if isinstance(model, fx.GraphModule) else trace(model)
             self._eager_reason = None
         except CaptureError as e:
             if fallback == "error":

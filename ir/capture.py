@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from ir.graph import Graph, Node
-from ir.ops import OPS
+from ir.ops import DECOMPOSITIONS, OPS
 from ir.types import meta
 
 
@@ -126,6 +126,14 @@ def _lower_call(g: Graph, root, n: fx.Node, args, kwargs, param):
     folded = _fold(n, target, args, kwargs)
     if folded is not _NOT_FOLDED:
         return folded
+
+    if target is operator.getitem and isinstance(args[0], (tuple, list)):
+        return args[0][args[1]]  # e.g. one chunk of x.chunk(4, 1)
+    if _hashable(alias) and alias in DECOMPOSITIONS and isinstance(args[0], Node):
+        try:
+            return DECOMPOSITIONS[alias](g, alias, args, kwargs)
+        except (NotImplementedError, TypeError) as e:
+            return _extern(g, n, target, args, kwargs, f"{alias}: {e}")
 
     if n.op == "call_function" and target is builtins.getattr and args[1] in ("T", "mT"):
         x = args[0]

@@ -33,8 +33,26 @@ class OpDef:
     promotion: str = "common"  # how operands are typed before the expression
     aliases: tuple = ()        # torch callables / method names capture maps here
     parse: Callable | None = None   # (alias, args, kwargs) -> (inputs, attrs); None: positional only
-    domain: str = "real"       # sample inputs the tests draw: real, positive, bool
+    domain: str | tuple = "real"    # sample inputs the tests draw, one for all operands or one
+                                    # per operand: real, positive, nonzero, bool (see SAMPLE_DOMAINS)
+    arity: int = 1             # tensor operands (pointwise and view ops); attrs come on top
+    sample_attrs: Callable = lambda shape: ({},)   # input shape -> the attrs the tests try
+    internal: bool = False     # only the compiler creates it (derivative rules): no torch spelling
     differentiable: bool = True
+    form: MatmulForm | None = None  # matmul ops: which operand is A, B and the bias
+
+    def operand_domains(self) -> tuple:
+        """The sample domain of each tensor operand."""
+        return self.domain if isinstance(self.domain, tuple) else (self.domain,) * self.arity
+
+
+# what each sample domain means, for the tests that draw inputs from the table
+SAMPLE_DOMAINS = {
+    "real": "any finite value (normal draws, plus exact 0, ±0.5, ±1, 2 for ties and kinks)",
+    "positive": "values in [0.5, 2]: log, fractional powers",
+    "nonzero": "values with |x| in [0.5, 2]: divisors",
+    "bool": "True/False",
+}
 
 
 OPS: dict[str, OpDef] = {}
@@ -53,18 +71,19 @@ def _pointwise(name, promotion, eager, triton, vjp, **kw):
 
 # ---- pointwise: arithmetic ------------------------------------------------
 _pointwise("add", "common", lambda x, y: torch.add(x, y), lambda a, at, ct: f"{a[0]} + {a[1]}",
-           lambda b, out, g, x, y: (g, g), aliases=(torch.add, operator.add, "add", "__add__", "__radd__"))
+           lambda b, out, g, x, y: (g, g), aliases=(torch.add, operator.add, "add", "__add__", "__radd__"), arity=2)
 _pointwise("sub", "common", lambda x, y: torch.sub(x, y), lambda a, at, ct: f"{a[0]} - {a[1]}",
            lambda b, out, g, x, y: (g, b.call("neg", g)),
-           aliases=(torch.sub, operator.sub, "sub", "__sub__"))
+           aliases=(torch.sub, operator.sub, "sub", "__sub__"), arity=2)
 _pointwise("mul", "common", torch.mul, lambda a, at, ct: f"{a[0]} * {a[1]}",
            lambda b, out, g, x, y: (b.call("mul", g, y), b.call("mul", g, x)),
-           aliases=(torch.mul, operator.mul, "mul", "__mul__", "__rmul__"))
+           aliases=(torch.mul, operator.mul, "mul", "__mul__", "__rmul__"), arity=2)
 _pointwise("div", "float", torch.div, lambda a, at, ct: f"{a[0]} / {a[1]}",
            lambda b, out, g, x, y: (
                b.call("div", g, y),
                b.call("neg", b.call("div", b.call("mul", g, x), b.call("mul", y, y)))),
-           aliases=(torch.div, torch.true_divide, operator.truediv, "div", "__truediv__"))
+           aliases=(torch.div, torch.true_divide, operator.truediv, "div", "__truediv__"),
+           arity=2, domain=("real", "nonzero"))
 _pointwise("neg", "common", torch.neg, lambda a, at, ct: f"-{a[0]}",
            lambda b, out, g, x: (b.call("neg", g),),
            aliases=(torch.neg, operator.neg, "neg", "__neg__"))
@@ -78,7 +97,10 @@ _pointwise("pow", "float", lambda x, exponent: torch.pow(x, exponent),
            lambda b, out, g, x, exponent: (
                b.call("mul", g, b.call("mul", b.call("pow", x, exponent=exponent - 1), exponent)),),
            aliases=(torch.pow, operator.pow, "pow", "__pow__"), parse=lambda alias, args, kwargs: (
-               _scalar_exponent(args, kwargs)))
+               _scalar_exponent(args, kwargs)),
+           # every branch of pow_expr: 0, products, 1/products, sqrt, exp/log (odd, even, fractional)
+           domain="positive", sample_attrs=lambda shape: tuple(
+               {"exponent": p} for p in (0, 1, 2, 3, -2, 0.5, 2.5, -1.5, 5, 6)))
 
 
 
@@ -115,7 +137,7 @@ _pointwise("sigmoid_grad", "float",
            lambda x: torch.sigmoid(x) * torch.sigmoid(-x),
            lambda a, at, ct: f"sigmoid_grad({a[0]})",
            lambda b, out, g, x: (b.call("mul", g, b.call("mul", out, b.call(
-               "neg", b.call("tanh", b.call("mul", x, 0.5))))),))
+               "neg", b.call("tanh", b.call("mul", x, 0.5))))),), internal=True)
 _pointwise("tanh", "float", torch.tanh, lambda a, at, ct: f"tanh({a[0]})",
            lambda b, out, g, x: (b.call("mul", g, b.call("sub", 1.0, b.call("mul", out, out))),),
            aliases=(torch.tanh, F.tanh, "tanh", torch.nn.Tanh))
@@ -144,17 +166,17 @@ def _minmax_vjp(greater):
 
 
 _pointwise("maximum", "common", torch.maximum, lambda a, at, ct: minmax_expr("maximum", a, ct),
-           _minmax_vjp(True), aliases=(torch.maximum, "maximum"))
+           _minmax_vjp(True), aliases=(torch.maximum, "maximum"), arity=2)
 _pointwise("minimum", "common", torch.minimum, lambda a, at, ct: minmax_expr("minimum", a, ct),
-           _minmax_vjp(False), aliases=(torch.minimum, "minimum"))
+           _minmax_vjp(False), aliases=(torch.minimum, "minimum"), arity=2)
 _pointwise("where", "select", torch.where, lambda a, at, ct: f"tl.where({a[0]}, {a[1]}, {a[2]})",
            lambda b, out, g, c, x, y: (None, _pick(b, g, c), b.call("where", c, 0.0, g)),
-           aliases=(torch.where, "where"))
+           aliases=(torch.where, "where"), arity=3, domain=("bool", "real", "real"))
 for _name, _sym, _fn, _dunder in (("eq", "==", torch.eq, operator.eq), ("ne", "!=", torch.ne, operator.ne),
                                   ("lt", "<", torch.lt, operator.lt), ("le", "<=", torch.le, operator.le),
                                   ("gt", ">", torch.gt, operator.gt), ("ge", ">=", torch.ge, operator.ge)):
     _pointwise(_name, "bool", _fn, (lambda s: lambda a, at, ct: f"{a[0]} {s} {a[1]}")(_sym), None,
-               aliases=(_fn, _dunder, _name, f"__{_name}__"), differentiable=False)
+               aliases=(_fn, _dunder, _name, f"__{_name}__"), differentiable=False, arity=2)
 
 
 
@@ -174,11 +196,14 @@ op("cast", "pointwise", cast_rule, lambda x, dtype: x.to(dtype),
    lambda b, out, g, x, dtype: (b.call("cast", g, dtype=x.dtype) if x.dtype.is_floating_point
                                else None,),
    triton=lambda a, at, ct: cast_expr(a[0], at["dtype"]), promotion="none",
-   aliases=("to", "float", "half", "double", "bfloat16", "bool", "long", "int"), parse=_parse_cast)
+   aliases=("to", "float", "half", "double", "bfloat16", "bool", "long", "int"), parse=_parse_cast,
+   sample_attrs=lambda shape: tuple({"dtype": t} for t in (
+       torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.bool, torch.int32)))
 
 # ---- reductions (backward of broadcasting) ---------------------------------
 op("sum_to", "reduce", sum_to_rule, lambda x, shape: x.sum_to_size(shape) if x.shape != tuple(shape)
-   else x, lambda b, out, g, x, shape: (b.call("expand", g, shape=x.shape),))
+   else x, lambda b, out, g, x, shape: (b.call("expand", g, shape=x.shape),), internal=True,
+   sample_attrs=lambda shape: ({"shape": tuple(shape)}, {"shape": tuple(1 for _ in shape)}))
 
 # ---- views: no data moves; kernels read them through strides ---------------------
 def _sizes(args) -> tuple:
@@ -195,30 +220,86 @@ op("transpose", "view", meta_rule, lambda x, dim0, dim1: x.transpose(dim0, dim1)
    aliases=(torch.transpose, "transpose", torch.t, "t"), parse=lambda alias, args, kwargs: (
        (args[:1], {"dim0": 0, "dim1": 1}) if alias in (torch.t, "t")
        else (args[:1], {"dim0": args[1] if len(args) > 1 else kwargs["dim0"],
-                        "dim1": args[2] if len(args) > 2 else kwargs["dim1"]})))
+                        "dim1": args[2] if len(args) > 2 else kwargs["dim1"]})),
+   sample_attrs=lambda shape: ({"dim0": 0, "dim1": -1},) if shape else ())
 op("permute", "view", meta_rule, lambda x, dims: x.permute(dims),
    lambda b, out, g, x, dims: (b.call("permute", g, dims=tuple(sorted(range(len(dims)),
                                                                      key=lambda i: dims[i]))),),
    aliases=(torch.permute, "permute"), parse=lambda alias, args, kwargs: (
-       args[:1], {"dims": _sizes(args[1:] or kwargs["dims"])}))
+       args[:1], {"dims": _sizes(args[1:] or kwargs["dims"])}),
+   sample_attrs=lambda shape: ({"dims": tuple(reversed(range(len(shape))))},))
 op("reshape", "view", meta_rule, lambda x, shape: x.reshape(shape),
    lambda b, out, g, x, shape: (b.call("reshape", g, shape=x.shape),),
    aliases=(torch.reshape, "reshape", "view"), parse=lambda alias, args, kwargs: (
-       args[:1], {"shape": _sizes(args[1:] or kwargs["shape"])}))
+       args[:1], {"shape": _sizes(args[1:] or kwargs["shape"])}),
+   sample_attrs=lambda shape: ({"shape": (-1,)}, {"shape": tuple(reversed(shape))}))
 op("unsqueeze", "view", meta_rule, lambda x, dim: x.unsqueeze(dim),
    lambda b, out, g, x, dim: (b.call("reshape", g, shape=x.shape),),
    aliases=(torch.unsqueeze, "unsqueeze"), parse=lambda alias, args, kwargs: (
-       args[:1], {"dim": args[1] if len(args) > 1 else kwargs["dim"]}))
+       args[:1], {"dim": args[1] if len(args) > 1 else kwargs["dim"]}),
+   sample_attrs=lambda shape: ({"dim": 0}, {"dim": -1}))
 op("expand", "view", meta_rule, lambda x, shape: x.expand(shape),
    lambda b, out, g, x, shape: (b.call("sum_to", g, shape=x.shape),),
    aliases=("expand",), parse=lambda alias, args, kwargs: (
-       args[:1], {"shape": _sizes(args[1:] or kwargs["size"])}))
+       args[:1], {"shape": _sizes(args[1:] or kwargs["size"])}),
+   sample_attrs=lambda shape: ({"shape": (2, *shape)}, {"shape": tuple(-1 for _ in shape)}))
 
-# ---- matmuls (run by torch for now; epilogue fusion reads the kind) ------------------
+op("narrow", "view", meta_rule, lambda x, dim, start, length: x.narrow(dim, start, length),
+   lambda b, out, g, x, dim, start, length: (b.call("pad_to", g, dim=dim, start=start, size=x.shape[dim]),),
+   aliases=(torch.narrow, "narrow"), parse=lambda alias, args, kwargs: (
+       args[:1], dict(zip(("dim", "start", "length"), args[1:]), **kwargs)))
+# the gradient of a narrow: zeros around the slice (torch's slice_backward)
+op("pad_to", "view", meta_rule,
+   lambda g, dim, start, size: torch.nn.functional.pad(
+       g, [0, 0] * (g.dim() - 1 - dim % g.dim()) + [start, size - start - g.shape[dim]]),
+   lambda b, out, g, x, dim, start, size: (b.call("narrow", g, dim=dim, start=start,
+                                                 length=x.shape[dim]),))
+
+
+def _chunk(b, alias, args, kwargs):
+    """chunk/split become narrow views: strided reads of one buffer, never copies."""
+    x, spec = args[0], (args[1] if len(args) > 1 else kwargs.get("chunks", kwargs.get("split_size_or_sections")))
+    dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+    size = x.shape[dim]
+    if alias in (torch.chunk, "chunk"):
+        step = -(-size // spec)
+        lengths = [min(step, size - s) for s in range(0, size, step)]
+    elif isinstance(spec, int):
+        lengths = [min(spec, size - s) for s in range(0, size, spec)]
+    else:
+        lengths = list(spec)
+    out, start = [], 0
+    for n in lengths:
+        out.append(b.call("narrow", x, dim=dim, start=start, length=n))
+        start += n
+    return tuple(out)
+
+
+# capture spellings that expand to several table ops
+DECOMPOSITIONS = {torch.chunk: _chunk, "chunk": _chunk, torch.split: _chunk, "split": _chunk}
+
+
+# ---- matmuls: each anchors a matmul-epilogue kernel (codegen/matmul.py) when pointwise
+# ops consume its result; alone it runs in torch. ``form`` maps it onto A @ B (+ bias).
+@dataclass(frozen=True)
+class MatmulForm:
+    """How a matmul op maps onto ``out = A @ B (+ bias)``, by operand index.
+
+    ``b_transposed``: B is given as [N, K] (linear's weight); the kernel reads
+    it through swapped strides, never a copy. ``bias`` is added in the
+    epilogue, broadcast over the output like any pointwise operand.
+    """
+    a: int
+    b: int
+    bias: int | None = None
+    b_transposed: bool = False
+
+
 op("matmul", "matmul", meta_rule, torch.matmul,
    lambda b, out, g, x, y: (b.call("matmul", g, b.call("transpose", y, dim0=-1, dim1=-2)),
                             b.call("matmul", b.call("transpose", x, dim0=-1, dim1=-2), g)),
-   aliases=(torch.matmul, operator.matmul, torch.mm, torch.bmm, "matmul", "mm", "bmm", "__matmul__"))
+   aliases=(torch.matmul, operator.matmul, torch.mm, torch.bmm, "matmul", "mm", "bmm", "__matmul__"),
+   form=MatmulForm(a=0, b=1))
 
 
 def _linear_vjp(b, out, g, x, w, bias=None):
@@ -231,12 +312,12 @@ def _linear_vjp(b, out, g, x, w, bias=None):
 
 
 op("linear", "matmul", meta_rule, lambda x, w, bias=None: F.linear(x, w, bias),
-   _linear_vjp, aliases=(F.linear, torch.nn.Linear))
+   _linear_vjp, aliases=(F.linear, torch.nn.Linear), form=MatmulForm(a=0, b=1, bias=2, b_transposed=True))
 op("addmm", "matmul", meta_rule, lambda bias, x, w: torch.addmm(bias, x, w),
    lambda b, out, g, bias, x, w: (b.call("sum_to", g, shape=bias.shape),
                                   b.call("matmul", g, b.call("transpose", w, dim0=0, dim1=1)),
                                   b.call("matmul", b.call("transpose", x, dim0=0, dim1=1), g)),
-   aliases=(torch.addmm, "addmm"))
+   aliases=(torch.addmm, "addmm"), form=MatmulForm(a=1, b=2, bias=0))
 
 # ---- anything else: run by eager torch, reported by explain ------------------------
 op("extern", "extern", None, None, None, differentiable=True)

@@ -1,0 +1,35 @@
+"""``torch.compile(model, backend="fusion")``: Dynamo hands us FX graphs.
+
+Registered through the ``torch_dynamo_backends`` entry point in
+pyproject.toml, so no import is needed. Each graph Dynamo captures (one per
+region between graph breaks) is lowered by the same pipeline as
+``fusion.compile``. Training goes through our own autodiff, not AOTAutograd:
+the compiled graph's fused kernels are ``torch.autograd.Function``s whose
+backward kernels come from the op table's rules, so gradients get the same
+stable sigmoid derivative (AOTAutograd would hand us ATen's decomposed
+``sigmoid_backward``, computed from the rounded output).
+"""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from fusion.api import CompiledModule
+
+_compiled: list[CompiledModule] = []  # the most recent graphs, for fusion.dynamo.last_explain
+
+
+def fusion_backend(gm: fx.GraphModule, example_inputs):
+    """A Dynamo backend: returns a callable running ``gm`` through fused kernels."""
+    compiled = CompiledModule(gm)
+    _compiled.append(compiled)
+    del _compiled[:-16]
+
+    def run(*args):
+        return compiled(*args)
+    run.fusion_module = compiled
+    return run
+
+
+def compiled_graphs() -> list[CompiledModule]:
+    """The CompiledModules created by the backend most recently (newest last)."""
+    return list(_compiled)
