@@ -92,6 +92,12 @@ def emit_pointwise(spec: PointwiseSpec, name: str | None = None) -> EmittedKerne
     for k, out in enumerate(spec.outputs):
         assert out in members, f"output {out!r} is not computed by the group"
         ptr = f"out{k}_ptr"
+        if OPS[out.op].kind == "reduction":
+            src = var[out.inputs[0]]
+            params.append((ptr, f"%{out.id} = {out.op}(%{out.inputs[0].id}): one partial sum per program"))
+            stores.append(f"tl.store({ptr} + pid, tl.sum(tl.where(mask, {src}, 0), axis=0))"
+                          f"  # partial {out.op} of %{out.inputs[0].id}")
+            continue
         params.append((ptr, f"%{out.id}: {out.type_str()}, written contiguous"))
         stores.append(f"tl.store({ptr} + offs, {var[out]}.to({ptr}.dtype.element_ty), mask=mask)")
     sizes = [f"size{d}" for d in range(1, spec.rank)]
@@ -154,6 +160,8 @@ def emit_body(nodes, var: dict, fresh) -> list[str]:
     by every kernel family: a matmul epilogue is this body on the accumulator."""
     body = []
     for n in nodes:
+        if OPS[n.op].kind == "reduction":
+            continue  # a full reduction is stored as per-program partial sums
         var[n] = fresh(f"v{n.id}")
         expr = OPS[n.op].triton([_operand(n, i, k, var) for k, i in enumerate(n.inputs)],
                                 n.attrs, compute_type(n.dtype))

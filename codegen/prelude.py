@@ -3,6 +3,7 @@
 Only the helpers a kernel uses are written into its file, so each generated
 file stands alone and reads top to bottom.
 """
+import re
 
 HELPERS = {
     "sigmoid": '''
@@ -51,10 +52,39 @@ def sign(x):
     s = tl.where(x > 0, 1, tl.where(x < 0, -1, 0)).to(x.dtype)
     return tl.where(x != x, x, s)
 ''',
+    "log1p": '''
+@triton.jit
+def log1p(x):
+    # log(1 + x) with the rounding error of 1 + x corrected (Goldberg's trick):
+    # accurate for tiny x, where log(1 + x) would return 0
+    u = 1.0 + x
+    d = u - 1.0
+    return tl.where(d == 0, x, tl.log(u) * (x / tl.where(d == 0, 1.0, d)))
+''',
+    "bce": '''
+@triton.jit
+def bce(p, y):
+    # torch's binary cross-entropy on probabilities, logs clamped at -100
+    log_p = tl.maximum(tl.log(p), -100.0)
+    log_q = tl.maximum(log1p(-p), -100.0)
+    return -(y * log_p + (1.0 - y) * log_q)
+''',
+    "bce_logits": '''
+@triton.jit
+def bce_logits(z, y):
+    # -(y log sigmoid(z) + (1-y) log sigmoid(-z)) = max(z, 0) - z*y + log1p(exp(-|z|)):
+    # exp never overflows, and the loss is exact for |z| = 100 where sigmoid saturates
+    return tl.maximum(z, 0.0) - z * y + log1p(tl.exp(-tl.abs(z)))
+''',
 }
+
+# helpers that other helpers call, written before them
+_DEPENDS = {"bce": ["log1p"], "bce_logits": ["log1p"]}
 
 
 def helpers_used(exprs: list[str]) -> list[str]:
     """The helper sources whose names appear as calls in ``exprs``."""
     text = "\n".join(exprs)
-    return [src for name, src in HELPERS.items() if f"{name}(" in text]
+    names = [name for name in HELPERS if re.search(rf"(?<![\w.]){name}\(", text)]
+    names += [dep for name in names for dep in _DEPENDS.get(name, [])]
+    return [src for name, src in HELPERS.items() if name in names]

@@ -1,10 +1,15 @@
 """Autograd for fused kernels: one ``torch.autograd.Function`` per kernel launch.
 
 Forward saves only the group inputs that its backward reads (often fewer than
-all of them: ``x + y`` saves nothing) and never an intermediate: the backward
-kernel recomputes them. The backward is the group's reverse-mode graph from
-the op table's rules, compiled by the same pipeline into ONE pointwise kernel
-(plus ``sum_to`` reductions, run by torch, for inputs that were broadcast).
+all of them: ``x + y`` saves nothing) and never a pointwise intermediate: the
+backward kernel recomputes them. A matmul group may keep its matmul result
+when recomputing it would cost more (``MatmulKernel.keep_for_backward``). The
+backward is the group's reverse-mode graph from the op table's rules,
+compiled by the same pipeline into ONE pointwise kernel (plus ``sum_to``
+reductions, run by torch, for inputs that were broadcast); for a matmul group
+that kernel is a matmul kernel whose epilogue is the gradient w.r.t. the
+matmul result (or a pointwise one, from the kept result), and the operand
+gradients are matmuls.
 """
 from __future__ import annotations
 
@@ -20,20 +25,30 @@ class BackwardPlan:
     def __init__(self, kernel, needs: tuple):
         from fusion.plan import Plan
         g = kernel.group
-        graph = backward_graph(g.nodes, g.inputs, g.outputs, needs)
+        # values the kernel can keep instead of the backward recomputing them
+        # (a matmul result with a large K, see fusion.matmul_kernel); none for pointwise
+        keep = tuple(getattr(kernel, "keep_for_backward", ()))
+        graph = backward_graph(g.nodes, g.inputs, g.outputs, needs, saved=keep)
         self.plan = Plan(graph, kernel.mode, role="backward")
-        # which forward inputs the backward reads: only those are saved
+        # which forward inputs and kept values the backward reads: only those are saved
         used = {i for grp in self.plan.groups for i in grp.inputs} | set(self.plan.graph.outputs)
         ins = self.plan.graph.inputs
         self.saved = [k for k in range(len(g.inputs)) if ins[k] in used]
         self.n_inputs = len(g.inputs)
+        self.n_keep = len(keep)
+        self.kept_slots = [k for k in range(len(keep)) if ins[len(g.inputs) + k] in used]
+        self.kept = tuple(keep[k] for k in self.kept_slots)  # the forward kernel writes these
         self.grad_outputs = [k for k, o in enumerate(g.outputs) if differentiable(o)]
 
     def run(self, saved: list, grads: list) -> list:
+        """``saved``: the saved inputs, then the kept values, as ``FusedKernelFunction`` saves them."""
         inputs = [None] * self.n_inputs
         for k, t in zip(self.saved, saved):
             inputs[k] = t
-        return self.plan.run(inputs + [grads[k] for k in self.grad_outputs])
+        kept = [None] * self.n_keep
+        for k, t in zip(self.kept_slots, saved[len(self.saved):]):
+            kept[k] = t
+        return self.plan.run(inputs + kept + [grads[k] for k in self.grad_outputs])
 
 
 class FusedKernelFunction(torch.autograd.Function):
@@ -41,11 +56,12 @@ class FusedKernelFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kernel, *inputs):
-        outs = kernel(list(inputs))
         needs = tuple(ctx.needs_input_grad[1:])
         bwd = kernel.backward_plan(needs)
+        outs = kernel(list(inputs), keep=bwd.kept) if bwd.kept else kernel(list(inputs))
+        outs, kept = outs[:len(kernel.group.outputs)], outs[len(kernel.group.outputs):]
         ctx.bwd = bwd
-        ctx.save_for_backward(*[inputs[k] for k in bwd.saved])
+        ctx.save_for_backward(*[inputs[k] for k in bwd.saved], *kept)
         ctx.mark_non_differentiable(*[o for o, n in zip(outs, kernel.group.outputs)
                                       if not differentiable(n)])
         return tuple(outs)

@@ -49,7 +49,8 @@ def collect(compiled, args: tuple, kwargs: dict) -> Report:
             for bk in bwd.plan.kernels.values():
                 backward += kernel_reports(bk)
     extern = [(n.attrs["label"], n.attrs["reason"]) for n in plan.graph.nodes if n.op == "extern"]
-    return Report(str(plan.graph), plan.mode, kernels, backward, extern, saved, ours_saved, eager_saved)
+    return Report(str(plan.graph), plan.mode, kernels, backward, extern, saved, ours_saved, eager_saved,
+                  rewrites=list(plan.graph.notes))
 
 
 def kernel_reports(kernel) -> list[KernelReport]:

@@ -16,6 +16,7 @@ from codegen.cache import load_kernel, source_path
 from codegen.pointwise import STRIDED, EmittedKernel, PointwiseSpec, emit_pointwise
 from fusion.backend import INTERPRETER
 from fusion.layout import Layout, plan_layout
+from ir.ops import OPS
 
 
 @dataclass
@@ -52,24 +53,28 @@ class PointwiseKernel:
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         shape = self.group.shape
         device = self.group.outputs[0].device
-        outs = [torch.empty(shape, dtype=o.dtype, device=device) for o in self.group.outputs]
-        if outs[0].numel() == 0:
-            return outs
-        inputs = [t if t.device == device else t.to(device) for t in inputs]
-        variant = self.variant_for(inputs)
-        args = []
-        for t, kind, strides in zip(inputs, variant.layout.kinds, variant.layout.strides):
-            args.append(t)
-            if kind == STRIDED:
-                args.extend(strides)
-        args += outs
-        args += list(variant.layout.sizes[1:])
-        n = outs[0].numel()
-        args.append(n)
+        n = 1
+        for s in shape:
+            n *= s
         block = _block_size(n, self.mode)
         grid = ((n + block - 1) // block,)
-        variant.fn[grid](*args, BLOCK_SIZE=block)
-        return outs
+        # element outputs are written whole; a full reduction gets one partial per program
+        outs = [torch.empty(grid, dtype=_partial_dtype(o), device=device) if _is_reduction(o)
+                else torch.empty(shape, dtype=o.dtype, device=device) for o in self.group.outputs]
+        if n:
+            inputs = [t if t.device == device else t.to(device) for t in inputs]
+            variant = self.variant_for(inputs)
+            args = []
+            for t, kind, strides in zip(inputs, variant.layout.kinds, variant.layout.strides):
+                args.append(t)
+                if kind == STRIDED:
+                    args.extend(strides)
+            args += outs
+            args += list(variant.layout.sizes[1:])
+            args.append(n)
+            variant.fn[grid](*args, BLOCK_SIZE=block)
+        return [OPS[o.op].combine(t, n).to(o.dtype) if _is_reduction(o) else t
+                for o, t in zip(self.group.outputs, outs)]
 
     def variant_for(self, inputs: list[torch.Tensor]) -> Variant:
         key = tuple((t.shape, t.stride()) for t in inputs)
@@ -95,12 +100,22 @@ class PointwiseKernel:
         for t, kind, strides in zip(inputs, layout.kinds, layout.strides):
             example.append(("ptr", t.dtype))
             example += [("int", s) for s in (strides if kind == STRIDED else ())]
-        example += [("ptr", o.dtype) for o in g.outputs]
+        example += [("ptr", _partial_dtype(o) if _is_reduction(o) else o.dtype) for o in g.outputs]
         n = 1
         for s in layout.sizes:
             n *= s
         example += [("int", s) for s in layout.sizes[1:]] + [("int", n)]
         return Variant(emitted, fn, layout, example)
+
+
+def _is_reduction(node) -> bool:
+    return OPS[node.op].kind == "reduction"
+
+
+def _partial_dtype(node) -> torch.dtype:
+    src = node.inputs[0].dtype
+    return torch.float64 if src == torch.float64 else (
+        torch.float32 if src.is_floating_point else torch.int64)
 
 
 def _block_size(n: int, mode: str) -> int:

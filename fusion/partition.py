@@ -5,7 +5,10 @@ back, a node joins the groups of its users when the shapes agree (the
 group's iteration space), or, when its shape is smaller and broadcasts into
 it, when every user is in that one group (it is then recomputed per element
 instead of written and re-read). Merges that would close a cycle through an
-outside node are refused. Every other node is a group of its own.
+outside node are refused. A matmul whose result such a group reads (at the
+matmul's shape) then anchors it: the group becomes one matmul kernel with the
+pointwise ops as its epilogue (kind "matmul"). Every other node is a group of
+its own; a matmul with no pointwise consumer stays a torch call.
 ``check_partition`` verifies the result: every node in exactly one group,
 groups in an order that respects every dependency.
 """
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ir.graph import Graph, Node
 from ir.ops import OPS
+from ir.types import FLOAT_TYPES
 
 
 @dataclass(eq=False)
@@ -27,7 +31,13 @@ class Group:
 
     @property
     def shape(self) -> tuple:
-        return self.outputs[0].shape if self.outputs else self.nodes[-1].shape
+        """The iteration space: the shape of the element-wise outputs (a full
+        reduction output is 0-d; its input has the iteration shape)."""
+        for o in self.outputs:
+            if kind_of(o) != "reduction":
+                return o.shape
+        last = self.nodes[-1]
+        return last.inputs[0].shape if kind_of(last) == "reduction" else last.shape
 
 
 def kind_of(n: Node) -> str:
@@ -77,6 +87,35 @@ def partition(graph: Graph) -> list[Group]:
             members[gid].append(n)
         group_of[n] = gid
 
+    # a full reduction (sum/mean) ends the kernel that computes its input:
+    # each program writes a partial sum, so the input is never written out
+    for n in graph.nodes:
+        if kind_of(n) != "reduction":
+            continue
+        src = n.inputs[0]
+        gid = group_of.get(src)
+        if gid is not None and shape_of[gid] == src.shape and _acyclic({n, *members[gid]}, users):
+            members[gid].append(n)
+            group_of[n] = gid
+
+    # a matmul anchors the pointwise group of its shape that reads its result: the
+    # group becomes the epilogue of one matmul kernel. Later matmuls go first, so in
+    # sigmoid(x @ W + h @ U) the second anchors and the first is an epilogue input.
+    anchored: set[int] = set()
+    for n in reversed(graph.nodes):
+        if not anchors_epilogue(n):
+            continue
+        for gid in dict.fromkeys(group_of[u] for u in users[n] if u in group_of):
+            nodes = members[gid]
+            if (gid not in anchored and shape_of[gid] == n.shape
+                    and all(kind_of(m) == "pointwise" for m in nodes)
+                    and not any(i in nodes for i in n.operands())  # A and B come from outside
+                    and _acyclic({n, *nodes}, users)):
+                anchored.add(gid)
+                nodes.append(n)
+                group_of[n] = gid
+                break
+
     order = {n: i for i, n in enumerate(graph.nodes)}
     groups: list[Group] = []
     for n in graph.nodes:
@@ -84,13 +123,24 @@ def partition(graph: Graph) -> list[Group]:
             continue
         groups.append(Group(kind_of(n), [n]))
     for gid, nodes in members.items():
-        groups.append(Group("pointwise", sorted(nodes, key=order.__getitem__)))
+        groups.append(Group("matmul" if gid in anchored else "pointwise",
+                            sorted(nodes, key=order.__getitem__)))
     for grp in groups:
         inside = set(grp.nodes)
         grp.inputs = list(dict.fromkeys(i for m in grp.nodes for i in m.operands() if i not in inside))
         grp.outputs = [m for m in grp.nodes
                        if m in is_output or any(u not in inside for u in users[m])]
     return _schedule(groups)
+
+
+def anchors_epilogue(n: Node) -> bool:
+    """A matmul our kernel runs: the table gives its form, and A and B are float
+    matrices (rank >= 2, the result's dtype). Others stay torch calls."""
+    if kind_of(n) != "matmul" or OPS[n.op].form is None or n.dtype not in FLOAT_TYPES:
+        return False
+    form = OPS[n.op].form
+    return all(isinstance(x, Node) and x.dtype == n.dtype and len(x.shape) >= 2
+               for x in (n.inputs[form.a], n.inputs[form.b]))
 
 
 def _broadcasts(small: tuple, big: tuple) -> bool:
@@ -152,9 +202,21 @@ def check_partition(graph: Graph, groups: list[Group]) -> None:
             if i not in done:
                 raise AssertionError(f"group of {g.nodes} reads {i!r} before it is computed")
         if g.kind == "pointwise":
-            shapes = {o.shape for o in g.outputs}
+            shapes = {o.shape for o in g.outputs if kind_of(o) != "reduction"}
             if len(shapes) > 1:
                 raise AssertionError(f"pointwise group writes several shapes {shapes}")
-            if any(kind_of(n) != "pointwise" for n in g.nodes):
+            if any(kind_of(n) not in ("pointwise", "reduction") for n in g.nodes):
                 raise AssertionError(f"non-pointwise node in a pointwise group: {g.nodes}")
+            for r in g.nodes:
+                if kind_of(r) == "reduction" and (r.inputs[0] not in g.nodes
+                                                  or r.inputs[0].shape != g.shape):
+                    raise AssertionError(f"{r!r} reduces a value its group does not compute")
+        if g.kind == "matmul" and len(g.nodes) > 1:
+            anchor = [n for n in g.nodes if kind_of(n) == "matmul"]
+            if len(anchor) != 1 or any(kind_of(n) != "pointwise" for n in g.nodes if n is not anchor[0]):
+                raise AssertionError(f"a matmul group is one matmul and pointwise ops: {g.nodes}")
+            if any(o.shape != anchor[0].shape for o in g.outputs):
+                raise AssertionError(f"matmul group writes a shape other than its result's: {g.outputs}")
+            if any(i in g.nodes for i in anchor[0].operands()):
+                raise AssertionError(f"{anchor[0]!r} reads an operand its own epilogue computes")
         done.update(g.nodes)

@@ -1,6 +1,38 @@
 """The graph passes, in the order they run. Each is a pure ``Graph -> Graph``."""
-from ir.autodiff import eliminate_dead_code
+from __future__ import annotations
+
+from ir.autodiff import eliminate_dead_code, renumber
+from ir.graph import Graph, Node
+
+
+def rewrite_sigmoid_bce(graph: Graph) -> Graph:
+    """``bce(sigmoid(z), y)`` -> ``bce_logits(z, y)``.
+
+    On probabilities, torch clamps log at -100, so once sigmoid saturates
+    (|z| > ~17 in fp32) the loss is capped and the gradient vanishes; the logits
+    form is exact for any z. The sigmoid stays if something else reads it.
+    """
+    hits = [n for n in graph.nodes if n.op == "bce" and isinstance(n.inputs[0], Node)
+            and n.inputs[0].op == "sigmoid"]
+    if not hits:
+        return graph
+    out = Graph()
+    env: dict[Node, Node] = {}
+    for n in graph.nodes:
+        if n in hits:
+            z, y = n.inputs[0].inputs[0], n.inputs[1]
+            env[n] = out.call("bce_logits", env[z], env[y] if isinstance(y, Node) else y)
+            out.notes.append(f"%{n.id} = bce(sigmoid(%{z.id}), ...) rewritten to the stable "
+                             f"bce_logits(%{z.id}, ...)")
+            continue
+        ins = tuple(env[i] if isinstance(i, Node) else i for i in n.inputs)
+        env[n] = out.add_node(n.op, ins, n.attrs, n.shape, n.dtype, n.device, n.name)
+    out.outputs = [env[o] for o in graph.outputs]
+    out.notes = list(graph.notes) + out.notes
+    return eliminate_dead_code(renumber(out, out.nodes))
+
 
 PASSES = [
+    rewrite_sigmoid_bce,
     eliminate_dead_code,
 ]

@@ -2,7 +2,8 @@
 
     graph --verify--> passes --verify--> partition --check--> steps
 
-Pointwise groups run as generated kernels (``fusion.kernel``), wrapped in a
+Pointwise groups run as generated kernels (``fusion.kernel``), matmul groups
+with an epilogue as matmul kernels (``fusion.matmul_kernel``), each wrapped in a
 ``torch.autograd.Function`` when gradients are needed; every other group runs
 its eager torch reference, so autograd sees it as usual.
 """
@@ -23,6 +24,7 @@ class Plan:
 
     def __init__(self, graph: Graph, mode: str, role: str = "forward"):
         from fusion.kernel import PointwiseKernel
+        from fusion.matmul_kernel import MatmulKernel
         graph.verify()
         for p in PASSES:
             graph = p(graph)
@@ -32,9 +34,11 @@ class Plan:
         self.role = role
         self.groups = partition(graph)
         check_partition(graph, self.groups)
-        self.kernels: dict[Group, PointwiseKernel] = {
-            g: PointwiseKernel(g, mode, role) for g in self.groups
-            if g.kind == "pointwise" and mode != EAGER}
+        # one kernel class per fused group kind; a lone matmul stays a torch call
+        kernel_for = {"pointwise": PointwiseKernel, "matmul": MatmulKernel}
+        self.kernels: dict[Group, PointwiseKernel | MatmulKernel] = {
+            g: kernel_for[g.kind](g, mode, role) for g in self.groups
+            if mode != EAGER and (g.kind == "pointwise" or (g.kind == "matmul" and len(g.nodes) > 1))}
 
     def run(self, inputs: list, params: dict | None = None) -> list:
         """Run on ``inputs`` (one per graph input, in order); returns the outputs."""

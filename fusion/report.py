@@ -41,9 +41,12 @@ class Report:
     saved: list           # per forward kernel: the inputs it saves for backward
     saved_bytes: int
     eager_saved_bytes: int | None
+    rewrites: list = field(default_factory=list)  # what the passes changed, in words
 
     def __str__(self) -> str:
         lines = ["== IR ==", self.graph, "", f"== Execution: {describe(self.mode)} =="]
+        if self.rewrites:
+            lines += ["", "== Rewrites =="] + self.rewrites
         for title, ks in (("Forward kernels", self.kernels), ("Backward kernels", self.backward_kernels)):
             if not ks:
                 continue

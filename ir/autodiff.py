@@ -18,11 +18,13 @@ def differentiable(n: Node) -> bool:
 
 
 def backward_graph(nodes: list[Node], inputs: list[Node], outputs: list[Node],
-                   needs_grad: tuple) -> Graph:
+                   needs_grad: tuple, saved: tuple = ()) -> Graph:
     """Build the backward of ``nodes`` (topological) reading ``inputs``.
 
     Graph inputs: the forward ``inputs`` (same names and types), then
-    ``grad_k`` for each differentiable output k. Graph outputs: the gradient
+    ``saved_k`` for each node of ``saved`` (forward values kept rather than
+    recomputed, e.g. a matmul result), then ``grad_k`` for each
+    differentiable output k. Graph outputs: the gradient
     of each input with ``needs_grad`` set, in order (constant zero
     gradients are returned as ``None`` by the runtime, see ``grad_slots``).
     """
@@ -30,11 +32,15 @@ def backward_graph(nodes: list[Node], inputs: list[Node], outputs: list[Node],
     env: dict[Node, Node] = {}
     for i, x in enumerate(inputs):
         env[x] = b.add_node("input", (), {}, x.shape, x.dtype, x.device, name=x.name or f"in{i}")
+    for k, x in enumerate(saved):
+        env[x] = b.add_node("input", (), {}, x.shape, x.dtype, x.device, name=f"saved_{k}")
     grads_in = {}
     for k, o in enumerate(outputs):
         if differentiable(o):
             grads_in[o] = b.add_node("input", (), {}, o.shape, o.dtype, o.device, name=f"grad_{k}")
     for n in nodes:  # recompute the forward; dead code elimination drops the unused
+        if n in saved:
+            continue
         env[n] = b.call(n.op, *[env[i] if isinstance(i, Node) else i for i in n.inputs], **n.attrs)
 
     grad: dict[Node, Node] = dict(grads_in)
@@ -42,8 +48,8 @@ def backward_graph(nodes: list[Node], inputs: list[Node], outputs: list[Node],
         g = grad.get(n)
         if g is None or not OPS[n.op].differentiable:
             continue
-        if OPS[n.op].kind != "pointwise" and g.shape != n.shape:
-            g = b.call("sum_to", g, shape=n.shape)
+        if OPS[n.op].kind != "pointwise":
+            g = fit(b, g, n.shape)
         xs = [env[i] if isinstance(i, Node) else i for i in n.inputs]
         contribs = OPS[n.op].vjp(b, env[n], g, *xs, **n.attrs)
         for x, c in zip(n.inputs, contribs):
@@ -58,13 +64,31 @@ def backward_graph(nodes: list[Node], inputs: list[Node], outputs: list[Node],
         g = grad.get(x)
         if g is None:
             g = b.call("mul", env[x], 0.0)  # no path from x to an output: zero gradient
-        if g.shape != x.shape:
-            g = b.call("sum_to", g, shape=x.shape)
+        g = fit(b, g, x.shape)
         if g.dtype != x.dtype:
             g = b.call("cast", g, dtype=x.dtype)
         outs.append(g)
     b.outputs = outs
     return b
+
+
+def fit(b: Graph, g: Node, shape: tuple) -> Node:
+    """A gradient kept at a broadcast shape, brought to ``shape``: summed over the
+    broadcast dimensions, or expanded where it is smaller (a full reduction's)."""
+    if g.shape == tuple(shape):
+        return g
+    if g.numel < _numel(shape):
+        return b.call("expand", g, shape=tuple(shape))
+    if g.numel == _numel(shape):
+        return b.call("reshape", g, shape=tuple(shape))
+    return b.call("sum_to", g, shape=tuple(shape))
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
 
 
 def eliminate_dead_code(graph: Graph) -> Graph:
@@ -91,4 +115,5 @@ def renumber(graph: Graph, keep: list[Node]) -> Graph:
                 (attrs["args"], attrs["kwargs"]), is_leaf=lambda v: isinstance(v, Node)))))
         env[n] = out.add_node(n.op, ins, attrs, n.shape, n.dtype, n.device, n.name)
     out.outputs = [env[o] for o in graph.outputs]
+    out.notes = list(graph.notes)
     return out

@@ -131,7 +131,7 @@ def _lower_call(g: Graph, root, n: fx.Node, args, kwargs, param):
         return args[0][args[1]]  # e.g. one chunk of x.chunk(4, 1)
     if _hashable(alias) and alias in DECOMPOSITIONS and isinstance(args[0], Node):
         try:
-            return DECOMPOSITIONS[alias](g, alias, args, kwargs)
+            return DECOMPOSITIONS[alias](g, target, args, kwargs)
         except (NotImplementedError, TypeError) as e:
             return _extern(g, n, target, args, kwargs, f"{alias}: {e}")
 

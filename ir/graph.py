@@ -68,6 +68,7 @@ class Graph:
     """A list of nodes in topological order plus the ids of its outputs."""
     nodes: list[Node] = field(default_factory=list)
     outputs: list[Node] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # rewrites passes applied, for explain
 
     # ---- building -------------------------------------------------------
     def add_node(self, op: str, inputs: Iterable, attrs: dict | None, shape, dtype, device,

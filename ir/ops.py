@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from ir.types import cast_rule, compute_type, elementwise, meta_rule, sum_to_rule, triton_type
 
-KINDS = ("pointwise", "matmul", "view", "reduce", "extern")
+# reduction: a full sum/mean that can end a pointwise kernel; reduce: sum_to, run by torch
+KINDS = ("pointwise", "matmul", "view", "reduction", "reduce", "extern")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class OpDef:
     sample_attrs: Callable = lambda shape: ({},)   # input shape -> the attrs the tests try
     internal: bool = False     # only the compiler creates it (derivative rules): no torch spelling
     differentiable: bool = True
+    combine: Callable | None = None  # full reductions: (per-program partial sums, n) -> result
     form: MatmulForm | None = None  # matmul ops: which operand is A, B and the bias
 
     def operand_domains(self) -> tuple:
@@ -247,17 +249,21 @@ op("expand", "view", meta_rule, lambda x, shape: x.expand(shape),
 op("narrow", "view", meta_rule, lambda x, dim, start, length: x.narrow(dim, start, length),
    lambda b, out, g, x, dim, start, length: (b.call("pad_to", g, dim=dim, start=start, size=x.shape[dim]),),
    aliases=(torch.narrow, "narrow"), parse=lambda alias, args, kwargs: (
-       args[:1], dict(zip(("dim", "start", "length"), args[1:]), **kwargs)))
+       args[:1], dict(zip(("dim", "start", "length"), args[1:]), **kwargs)),
+   sample_attrs=lambda shape: ({"dim": -1, "start": 1, "length": shape[-1] - 2},)
+   if shape and shape[-1] > 2 else ())
 # the gradient of a narrow: zeros around the slice (torch's slice_backward)
 op("pad_to", "view", meta_rule,
    lambda g, dim, start, size: torch.nn.functional.pad(
        g, [0, 0] * (g.dim() - 1 - dim % g.dim()) + [start, size - start - g.shape[dim]]),
    lambda b, out, g, x, dim, start, size: (b.call("narrow", g, dim=dim, start=start,
-                                                 length=x.shape[dim]),))
+                                                 length=x.shape[dim]),), internal=True,
+   sample_attrs=lambda shape: ({"dim": -1, "start": 1, "size": shape[-1] + 3},) if shape else ())
 
 
-def _chunk(b, alias, args, kwargs):
+def _chunk(b, target, args, kwargs):
     """chunk/split become narrow views: strided reads of one buffer, never copies."""
+    alias = target
     x, spec = args[0], (args[1] if len(args) > 1 else kwargs.get("chunks", kwargs.get("split_size_or_sections")))
     dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
     size = x.shape[dim]
@@ -355,3 +361,6 @@ def cast_expr(x: str, dtype: torch.dtype) -> str:
     if dtype in (torch.float16, torch.bfloat16):
         return f"{x}.to({triton_type(dtype)}).to({compute_type(dtype)})"
     return f"{x}.to({compute_type(dtype)})"
+
+
+import ir.ops_loss  # noqa: E402,F401  (losses and full reductions register into OPS)

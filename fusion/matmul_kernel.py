@@ -1,0 +1,196 @@
+"""A matmul-epilogue kernel at run time: layout, specialisation, tile config, launch.
+
+One ``MatmulKernel`` per group of kind "matmul" (a matmul node and the
+pointwise ops it feeds, see ``fusion.partition``). Each call views A, B and
+the epilogue inputs through their strides (``fusion.matmul_layout``), emits
+and caches one source per distinct layout, and launches a grid of
+``(tiles, batch)`` programs: autotuned on a GPU, one config in the interpreter.
+
+Backward (``fusion.autograd``) chooses per group between saving the matmul
+result and recomputing it: see ``recompute_in_backward``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from codegen.cache import load_kernel, source_path
+from codegen.matmul import HALF, SCALAR, MatmulEmitted, MatmulSpec, emit_matmul
+from fusion.backend import INTERPRETER, TRITON
+from fusion.matmul_layout import MatmulLayout, plan_matmul_layout
+from fusion.matmul_tiles import TileConfig, gpu_candidates, interpreter_config
+from ir.graph import Node
+from ir.ops import OPS
+
+# Recompute the matmul in backward when its K is at most this; save its result otherwise.
+# Recomputing costs 2*M*N*K flops and reads A and B again; saving costs an M*N write in
+# forward, an M*N read in backward, and M*N elements of memory held between the two.
+# On an H100 (~990 TFLOP/s fp16, ~3.3 TB/s) the flops win up to K of a few hundred for
+# half types but only K ~ 80 for fp32 without tf32; 128 keeps attention scores (head dim
+# 64) and small layers on the recompute side, where the memory saved is the largest.
+RECOMPUTE_MAX_K = 128
+MAX_BATCH_GRID = 65535  # CUDA's limit on grid axis 1; larger batches run in torch
+
+
+def recompute_in_backward(K: int) -> bool:
+    """The save-or-recompute rule for a matmul result that the backward reads."""
+    return K <= RECOMPUTE_MAX_K
+
+
+@dataclass
+class MatmulVariant:
+    """One generated source specialised to a layout, its loaded kernel and GPU config."""
+    emitted: MatmulEmitted
+    fn: object
+    config: TileConfig       # the heuristic's pick for a GPU (explain, compile_for)
+    candidates: list         # what autotuning tries on a GPU
+    example: list            # per argument ("ptr", dtype) / ("int", v) / ("const", 1)
+    tuned: object = None     # triton.autotune wrapper, built on first GPU launch
+
+    @property
+    def path(self) -> str:
+        return str(source_path(self.emitted.name, self.emitted.source))
+
+
+class MatmulKernel:
+    """Runs one matmul group (anchor + pointwise epilogue) as a single Triton kernel."""
+
+    def __init__(self, group, mode: str, role: str = "forward"):
+        self.group = group
+        self.mode = mode
+        self.role = role
+        self.anchor = next(n for n in group.nodes if OPS[n.op].kind == "matmul")
+        form = OPS[self.anchor.op].form
+        ins = self.anchor.inputs
+        self.a, self.b = ins[form.a], ins[form.b]
+        self.bias = ins[form.bias] if form.bias is not None and form.bias < len(ins) else None
+        self.b_transposed = form.b_transposed
+        self.epilogue = [n for n in group.nodes if n is not self.anchor]
+        inside = set(group.nodes)
+        read = {i for n in self.epilogue for i in n.operands() if i not in inside}
+        read |= {self.bias} if self.bias is not None else set()
+        self.epilogue_inputs = [i for i in group.inputs if i in read]
+        self.K = self.a.shape[-1]
+        self.recompute = recompute_in_backward(self.K)
+        # values saved for backward besides the inputs (fusion.autograd reads this)
+        self.keep_for_backward = () if self.recompute else (self.anchor,)
+        self.variants: dict[tuple, MatmulVariant] = {}
+        self._layouts: dict[tuple, MatmulLayout] = {}
+        self.backward_plans: dict[tuple, object] = {}
+
+    def backward_plan(self, needs: tuple):
+        """The backward of this group for one pattern of needed input gradients (cached)."""
+        from fusion.autograd import BackwardPlan
+        if needs not in self.backward_plans:
+            self.backward_plans[needs] = BackwardPlan(self, needs)
+        return self.backward_plans[needs]
+
+    def __call__(self, inputs: list[torch.Tensor], keep: tuple = ()) -> list[torch.Tensor]:
+        """The group's outputs, then one tensor per ``keep`` node (written too)."""
+        env = dict(zip(self.group.inputs, inputs))
+        device = self.anchor.device
+        extras = tuple(k for k in keep if k not in self.group.outputs)
+        outputs = list(self.group.outputs) + list(extras)
+        outs = [torch.empty(o.shape, dtype=o.dtype, device=device) for o in outputs]
+        a, b = env[self.a], env[self.b]
+        b = b.transpose(-1, -2) if self.b_transposed else b
+        epi = [t if t.device == device else t.to(device) for t in (env[i] for i in self.epilogue_inputs)]
+        key = tuple((t.shape, t.stride()) for t in [a, b, *epi])
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = plan_matmul_layout(self.anchor.shape, a, b, epi)
+        if outs[0].numel() == 0:
+            return self._with_keep(outs, outputs, keep)
+        if layout.batch_count > MAX_BATCH_GRID:
+            return self._eager(env, outputs, keep)
+        variant = self.variant_for(layout, extras)
+        values = self._arguments(variant, layout, a, b, epi, outs)
+        args = [values[n] for n in variant.emitted.arg_names]
+        half = {"DOT_IN_FP32": self.mode == INTERPRETER} if self.a.dtype in HALF else {}
+        M, N = layout.M, layout.N
+        if self.mode == TRITON:
+            if variant.tuned is None:
+                variant.tuned = _autotuned(variant)
+            grid = lambda meta: (triton_cdiv(M, meta["BLOCK_M"]) * triton_cdiv(N, meta["BLOCK_N"]),
+                                 layout.batch_count)
+            variant.tuned[grid](*args, **half)
+        else:
+            cfg = interpreter_config(M, N, layout.K)
+            grid = (triton_cdiv(M, cfg.BLOCK_M) * triton_cdiv(N, cfg.BLOCK_N), layout.batch_count)
+            variant.fn[grid](*args, **cfg.constexprs, **half)
+        return self._with_keep(outs, outputs, keep)
+
+    def _with_keep(self, outs, outputs, keep):
+        by_node = dict(zip(outputs, outs))
+        return outs[:len(self.group.outputs)] + [by_node[k] for k in keep]
+
+    def _eager(self, env, outputs, keep):
+        from fusion.plan import eval_node
+        env = dict(env)
+        for n in self.group.nodes:
+            env[n] = eval_node(n, env)
+        return [env[o] for o in self.group.outputs] + [env[k] for k in keep]
+
+    def precision(self) -> str:
+        """tl.dot's input precision for fp32: tf32 exactly when torch would use it
+        (CUDA and ``torch.backends.cuda.matmul.allow_tf32``); CPU torch never does."""
+        tf32 = self.mode == TRITON and torch.backends.cuda.matmul.allow_tf32
+        return "tf32" if tf32 and self.a.dtype == torch.float32 else "ieee"
+
+    def variant_for(self, layout: MatmulLayout, extras: tuple = ()) -> MatmulVariant:
+        """The kernel for ``layout`` that also writes ``extras`` (values kept for backward)."""
+        precision = self.precision()
+        vkey = (len(layout.batch), layout.kinds, layout.int64, precision, extras)
+        v = self.variants.get(vkey)
+        if v is None:
+            v = self.variants[vkey] = self._build(layout, precision, extras)
+        return v
+
+    def _build(self, layout: MatmulLayout, precision: str, extras: tuple) -> MatmulVariant:
+        outputs = list(self.group.outputs) + list(extras)
+        spec = MatmulSpec(self.anchor, self.bias, tuple(self.epilogue), tuple(self.epilogue_inputs),
+                          layout.kinds, tuple(outputs), len(layout.batch), layout.int64, precision)
+        emitted = emit_matmul(spec, self.a, self.b, self.b_transposed)
+        if os.environ.get("FUSION_LOG", "") in ("code", "output_code"):
+            print(f"# fusion: {self.role} kernel {emitted.name}\n{emitted.source}", file=sys.stderr)
+        fn = load_kernel(emitted.name, emitted.source)
+        heavy = sum(k != SCALAR for k in layout.kinds) + len(self.epilogue) > 4
+        candidates = gpu_candidates(layout.M, layout.N, layout.K, self.a.dtype, heavy)
+        return MatmulVariant(emitted, fn, candidates[0], candidates, [])
+
+    def _arguments(self, variant, layout: MatmulLayout, a, b, epi, outs) -> dict:
+        """Every kernel argument by name; also records the example compile_for uses."""
+        batch = [f"b{d}" for d in range(len(layout.batch))]
+        values = {"a_ptr": a, "b_ptr": b, "M": layout.M, "N": layout.N, "K": layout.K}
+        for name, st in (("a", layout.a_strides), ("b", layout.b_strides)):
+            dims = ["am", "ak"] if name == "a" else ["bk", "bn"]
+            values.update(zip([f"stride_{d}" for d in dims] + [f"stride_{name}{d}" for d in batch], st))
+        for base, t, st in zip(variant.emitted.bases, epi, layout.epilogue):
+            values[f"{base}_ptr"] = t
+            values.update(zip([f"stride_{base}_{d}" for d in ["m", "n", *batch]], st))
+        values.update({f"out{k}_ptr": o for k, o in enumerate(outs)})
+        values.update({f"size_b{d}": s for d, s in enumerate(layout.batch)})
+        if not variant.example:
+            variant.example = [_example(values[n]) for n in variant.emitted.arg_names]
+        return values
+
+
+def _example(v):
+    if isinstance(v, torch.Tensor):
+        return ("ptr", v.dtype)
+    return ("const", v) if v == 1 else ("int", v)  # the JIT compiles 1 in as a constant
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def _autotuned(variant: MatmulVariant):
+    """Wrap the kernel in ``triton.autotune`` over the variant's candidates (GPU only)."""
+    import triton
+    configs = [triton.Config(c.constexprs, num_warps=c.num_warps, num_stages=c.num_stages)
+               for c in variant.candidates]
+    return triton.autotune(configs=configs, key=["M", "N", "K"])(variant.fn)

@@ -1,0 +1,78 @@
+"""Tile configurations for matmul-epilogue kernels: a heuristic table by dtype and shape.
+
+On a GPU the kernel is autotuned (``triton.autotune``, keyed by M, N, K) over
+the few candidates the table gives for its dtype and shape; the first
+candidate is the heuristic's own pick, the one ``explain`` reports and
+``compile_for`` compiles. Triton's interpreter cannot autotune: on CPU one
+config is used, with tiles as large as the problem (up to 128) because the
+interpreter pays per program, not per element.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    BLOCK_M: int
+    BLOCK_N: int
+    BLOCK_K: int
+    GROUP_M: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @property
+    def constexprs(self) -> dict:
+        return {"BLOCK_M": self.BLOCK_M, "BLOCK_N": self.BLOCK_N, "BLOCK_K": self.BLOCK_K,
+                "GROUP_M": self.GROUP_M}
+
+    def __str__(self) -> str:
+        return (f"BLOCK {self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}, GROUP_M {self.GROUP_M}, "
+                f"{self.num_warps} warps, {self.num_stages} stages")
+
+
+# Candidates per dtype, best first for large problems. Half types feed tensor cores
+# (wgmma on sm_90, mma.sync on sm_80) and take BLOCK_K 64; fp32 tiles hold twice the
+# bytes per element (BLOCK_K 32); fp64 has no fast tensor-core path: small tiles.
+# 128x128 tiles use 8 warps so the accumulator (64 fp32 registers a thread) leaves
+# room for the epilogue's own tiles without spilling.
+_TABLE = {
+    "half": [TileConfig(128, 128, 64, 8, 8, 3), TileConfig(128, 256, 64, 8, 8, 3),
+             TileConfig(128, 64, 64, 8, 4, 4), TileConfig(64, 64, 64, 8, 4, 4)],
+    "fp32": [TileConfig(128, 128, 32, 8, 8, 3), TileConfig(128, 64, 32, 8, 4, 4),
+             TileConfig(64, 64, 32, 8, 4, 4)],
+    "fp64": [TileConfig(64, 64, 16, 8, 4, 3), TileConfig(32, 32, 16, 8, 4, 3)],
+}
+
+
+def _family(dtype: torch.dtype) -> str:
+    return {torch.float16: "half", torch.bfloat16: "half", torch.float32: "fp32"}.get(dtype, "fp64")
+
+
+def gpu_candidates(M: int, N: int, K: int, dtype: torch.dtype, heavy_epilogue: bool) -> list[TileConfig]:
+    """The configs autotuning tries, the heuristic's pick first.
+
+    Tiles much larger than the problem only add masked work: a candidate is
+    kept when its tile fits in the next power of two of M and N (the smallest
+    candidate always stays). 128x256 tiles are for light epilogues only: every
+    full-tile value the epilogue keeps costs 128 registers a thread there.
+    """
+    table = _TABLE[_family(dtype)]
+    fits = [c for c in table
+            if c.BLOCK_M <= max(_pow2(M), 64) and c.BLOCK_N <= max(_pow2(N), 64)
+            and not (heavy_epilogue and c.BLOCK_M * c.BLOCK_N > 128 * 128)]
+    return fits or [table[-1]]
+
+
+def interpreter_config(M: int, N: int, K: int) -> TileConfig:
+    """One config for Triton's interpreter: few programs (each costs ~0.6 ms), tiles
+    of at least 16 (``tl.dot``'s minimum) and at most 128 a side."""
+    def side(n: int) -> int:
+        return min(max(16, _pow2(n)), 128)
+    return TileConfig(side(M), side(N), side(K), 8, 4, 1)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()

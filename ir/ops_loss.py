@@ -1,0 +1,90 @@
+"""Op-table entries for losses and full reductions (part of the one table in ir.ops).
+
+``sum``/``mean`` over all elements fuse into the kernel that produces their
+input (each program writes a partial sum). Binary cross-entropy comes in the
+two forms torch has: on probabilities (``bce``, torch's clamp of log at -100
+included) and on logits (``bce_logits``, stable for any z). A pass rewrites
+``bce(sigmoid(z), y)`` into ``bce_logits(z, y)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ir.ops import DECOMPOSITIONS, op
+from ir.types import elementwise
+
+
+def _full_reduction_rule(op_name, inputs, attrs):
+    (x,) = inputs
+    dtype = x.dtype if x.dtype.is_floating_point else (torch.int64 if op_name == "sum" else None)
+    if dtype is None:
+        raise TypeError(f"fusion: mean: needs a floating point input, got {x.type_str()}")
+    return (), dtype, x.device
+
+
+def _no_dims(alias, args, kwargs):
+    if len(args) > 1 or kwargs:
+        raise NotImplementedError("only the full reduction (no dim, dtype or keepdim) is fused")
+    return args, {}
+
+
+# Full reductions: the gradient is the incoming 0-d gradient itself (sum) or scaled
+# by 1/n (mean); autodiff broadcasts it where it meets an input.
+op("sum", "reduction", _full_reduction_rule, torch.sum, lambda b, out, g, x: (g,),
+   aliases=(torch.sum, "sum"), parse=_no_dims, combine=lambda partials, n: partials.sum())
+op("mean", "reduction", _full_reduction_rule, torch.mean,
+   lambda b, out, g, x: (b.call("mul", g, 1.0 / max(x.numel, 1)),),
+   aliases=(torch.mean, "mean"), parse=_no_dims,
+   combine=lambda partials, n: partials.sum() / n if n else partials.new_tensor(float("nan")))
+
+
+def _bce_vjp(b, out, g, p, y):
+    # torch's rule: d/dp = (p - y) / max(p (1 - p), 1e-12); d/dy = log(1-p) - log(p), clamped
+    denom = b.call("maximum", b.call("mul", p, b.call("sub", 1.0, p)), 1e-12)
+    gp = b.call("div", b.call("mul", g, b.call("sub", p, y)), denom)
+    log_p = b.call("maximum", b.call("log", p), -100.0)
+    log_q = b.call("maximum", b.call("log", b.call("sub", 1.0, p)), -100.0)
+    return gp, b.call("mul", g, b.call("sub", log_q, log_p))
+
+
+op("bce", "pointwise", elementwise("float"),
+   lambda p, y: F.binary_cross_entropy(p, y, reduction="none"), _bce_vjp,
+   triton=lambda a, at, ct: f"bce({a[0]}, {a[1]})", promotion="float", domain="probability")
+
+def _sigmoid_minus(b, z, y):
+    """sigmoid(z) - y without cancellation: for z >= 0 it is (1 - y) - sigmoid(-z),
+    exact for y = 1 where sigmoid(z) itself has rounded to 1."""
+    pos = b.call("sub", b.call("sub", 1.0, y), b.call("sigmoid", b.call("neg", z)))
+    neg = b.call("sub", b.call("sigmoid", z), y)
+    return b.call("where", b.call("ge", z, 0.0), pos, neg)
+
+
+op("bce_logits", "pointwise", elementwise("float"),
+   lambda z, y: F.binary_cross_entropy_with_logits(z, y, reduction="none"),
+   lambda b, out, g, z, y: (b.call("mul", g, _sigmoid_minus(b, z, y)), b.call("mul", g, b.call("neg", z))),
+   triton=lambda a, at, ct: f"bce_logits({a[0]}, {a[1]})", promotion="float")
+
+
+def _bce_decomposition(elementwise_op):
+    def build(b, target, args, kwargs):
+        if isinstance(target, torch.nn.Module):  # nn.BCELoss / nn.BCEWithLogitsLoss
+            opts = {"weight": target.weight, "reduction": target.reduction,
+                    "pos_weight": getattr(target, "pos_weight", None)}
+        else:
+            names = ("weight", "size_average", "reduce", "reduction")
+            if elementwise_op == "bce_logits":
+                names = names + ("pos_weight",)
+            opts = dict(zip(names, args[2:]), **kwargs)
+        if any(opts.get(k) is not None for k in ("weight", "pos_weight", "size_average", "reduce")):
+            raise NotImplementedError("weights and the legacy size_average/reduce are not fused")
+        loss = b.call(elementwise_op, args[0], args[1])
+        reduction = opts.get("reduction", "mean")
+        return loss if reduction == "none" else b.call(reduction, loss)
+    return build
+
+
+for _alias in (F.binary_cross_entropy, torch.nn.BCELoss):
+    DECOMPOSITIONS[_alias] = _bce_decomposition("bce")
+for _alias in (F.binary_cross_entropy_with_logits, torch.nn.BCEWithLogitsLoss):
+    DECOMPOSITIONS[_alias] = _bce_decomposition("bce_logits")

@@ -1,0 +1,135 @@
+"""Shared helpers for the pointwise and autograd tests.
+
+Sample inputs come from the op table (``OpDef.domain``, ``arity``,
+``sample_attrs``), so an op added to the table is tested without touching the
+tests. References are always eager PyTorch, in float64 where precision matters.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fusion.backend import mode_for
+from fusion.plan import Plan
+from ir.graph import Graph
+from ir.ops import OPS
+
+DEVICE = torch.device(os.environ.get("FUSION_TEST_DEVICE", "cpu"))
+FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+SHORT = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64",
+         torch.int32: "i32", torch.int64: "i64", torch.bool: "b1"}
+
+# values where ops have kinks and ties (relu(0), abs(0), maximum(x, x), x == y): exact in bf16
+EXACT_VALUES = (0.0, 0.5, -0.5, 1.0, -1.0, 2.0)
+# everything an op should survive, finite or not
+SPECIAL_VALUES = (0.0, -0.0, 1e-30, -1e-30, 0.5, -0.5, 1.0, -1.0, 3.0, -3.0, 20.0, -20.0,
+                  100.0, -100.0, 1e4, -1e4, float("inf"), float("-inf"), float("nan"))
+
+# the one place tolerances live. Kernels compute fp16/bf16 in fp32 and round once
+# at the store: within one ulp of the float64 result rounded to the type; the
+# interpreter truncates fp32 -> bf16 stores (one more bf16 ulp, as assert_close's bf16
+# default already allows).
+TOL = {torch.float64: dict(rtol=1e-7, atol=1e-7), torch.float32: dict(rtol=1.3e-6, atol=1e-5),
+       torch.float16: dict(rtol=1e-3, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5)}
+
+
+def ulp(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps
+
+
+def sample(domain: str, shape, dtype: torch.dtype, gen: torch.Generator, *, kinks: bool = True,
+           layout: str = "contiguous") -> torch.Tensor:
+    """A tensor of ``shape`` drawn from an op-table domain (see ``ir.ops.SAMPLE_DOMAINS``).
+
+    ``kinks``: sprinkle exact values (0, ±0.5, ±1, 2) in, for ties and kinks;
+    gradcheck wants them out. ``layout``: contiguous, "sliced" (every other
+    element of the last dimension) or "transposed" (a reversed permutation).
+    """
+    shape = tuple(shape)
+    if layout == "sliced" and shape:
+        return sample(domain, shape[:-1] + (2 * shape[-1],), dtype, gen, kinks=kinks)[..., ::2]
+    if layout == "transposed" and len(shape) >= 2:
+        t = sample(domain, tuple(reversed(shape)), dtype, gen, kinks=kinks)
+        return t.permute(*reversed(range(len(shape))))
+    if domain == "bool":
+        return (torch.rand(shape, generator=gen) < 0.5).to(DEVICE)
+    if domain == "real":
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        if kinks:
+            exact = torch.tensor(EXACT_VALUES, dtype=torch.float64)
+            pick = torch.randint(len(EXACT_VALUES), shape, generator=gen)
+            x = torch.where(torch.rand(shape, generator=gen) < 0.25, exact[pick], x)
+    elif domain in ("positive", "nonzero"):
+        x = 0.5 + 1.5 * torch.rand(shape, generator=gen, dtype=torch.float64)
+        if domain == "nonzero":
+            x = torch.where(torch.rand(shape, generator=gen) < 0.5, -x, x)
+    else:
+        raise ValueError(f"unknown sample domain {domain!r}")
+    return x.to(dtype).to(DEVICE)
+
+
+def scalar_for(domain: str):
+    """A Python scalar operand from ``domain``."""
+    return {"real": -1.5, "positive": 1.5, "nonzero": -1.5, "bool": True}[domain]
+
+
+# shapes of the operands of an op with ``arity`` tensor operands, per case;
+# odd sizes everywhere, so no block or vector width divides them
+def shape_cases(arity: int) -> dict:
+    full = (9, 7, 5)
+    cases = {"odd": [full] * arity, "zero_size": [(0, 5)] * arity, "zero_dim": [()] * arity}
+    if arity > 1:
+        pool = [(9, 1, 5), (7, 1), (5,), (9, 7, 1)]
+        cases["broadcast"] = [pool[k % len(pool)] for k in range(arity)]
+        cases["zero_dim_and_full"] = [()] + [full] * (arity - 1)
+    return cases
+
+
+LAYOUT_CASES = {"transposed": "transposed", "sliced": "sliced"}
+
+
+def op_graph(name: str, operands: list, attrs: dict, extra_neg: bool = False) -> Graph:
+    """The IR graph ``name(*operands, **attrs)``: tensors become graph inputs,
+    Python scalars stay constants. ``extra_neg`` also returns ``neg`` of the
+    result, so a view's result is read by a kernel."""
+    g = Graph()
+    ins = [g.add_node("input", (), {}, o.shape, o.dtype, o.device, name=f"x{k}")
+           if isinstance(o, torch.Tensor) else o for k, o in enumerate(operands)]
+    out = g.call(name, *ins, **attrs)
+    g.outputs = [out, g.call("neg", out)] if extra_neg else [out]
+    return g
+
+
+def run_graph(graph: Graph, tensors: list) -> list:
+    """Compile ``graph`` through the whole pipeline and run it (interpreter on CPU)."""
+    plan = Plan(graph, mode_for(DEVICE))
+    return plan.run(list(tensors))
+
+
+def plan_of(graph: Graph) -> Plan:
+    return Plan(graph, mode_for(DEVICE))
+
+
+def eager_op(name: str, operands: list, attrs: dict, dtype: torch.dtype | None = None):
+    """The op's eager torch reference, with floating tensors cast to ``dtype`` first."""
+    if dtype is not None:
+        operands = [o.to(dtype) if isinstance(o, torch.Tensor) and o.is_floating_point() else o
+                    for o in operands]
+    return OPS[name].eager(*operands, **attrs)
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
+    """Same dtype and shape; values within the tolerance of ``actual``'s dtype (NaNs match)."""
+    assert actual.dtype == expected.dtype, f"{msg}: dtype {actual.dtype} != {expected.dtype}"
+    assert actual.shape == expected.shape, f"{msg}: shape {actual.shape} != {expected.shape}"
+    tol = TOL.get(actual.dtype, dict(rtol=0, atol=0))
+    torch.testing.assert_close(actual, expected, equal_nan=True, **tol,
+                               msg=lambda m: f"{msg}\n{m}")
+
+
+def count_kernels(fn, *args) -> tuple[int, int]:
+    """(forward, backward) generated kernels that ``fusion.explain`` reports."""
+    import fusion
+    report = fusion.explain(fn, *args)
+    return len(report.kernels), len(report.backward_kernels)

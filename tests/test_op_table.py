@@ -1,0 +1,259 @@
+"""Issue 2: every pointwise and view op of the table, forward, against eager.
+
+Generated from ``ir.ops.OPS``: an op added to the table is swept here with no
+edit to this file. Each op runs alone in an IR graph through the whole
+pipeline (partition, emitter, kernel cache, launch) in fp32, fp16, bf16 and
+fp64, over odd, broadcast, non-contiguous, zero-size and 0-d operands, and
+is compared with eager torch in the same dtype and with eager torch in
+float64 rounded to the result type.
+
+Internal ops (``OpDef.internal``: ``sigmoid_grad``, ``sum_to``, made only by
+derivative rules) need no torch spelling; every other op must have aliases,
+and each alias must capture to its op (``test_alias_captures_to_its_op``).
+"""
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+import fusion
+from helpers import (DEVICE, FLOATS, SHORT, SPECIAL_VALUES, assert_matches, eager_op, op_graph,
+                     run_graph, sample, scalar_for, shape_cases)
+from ir.graph import Graph
+from ir.ops import KINDS, OPS, SAMPLE_DOMAINS
+
+POINTWISE = [n for n, d in OPS.items() if d.kind == "pointwise"]
+VIEWS = [n for n, d in OPS.items() if d.kind == "view"]
+TESTED = POINTWISE + VIEWS
+
+
+def _ops_with(kind_filter):
+    return [n for n in TESTED if kind_filter(OPS[n])]
+
+
+# ---- the table itself ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [n for n in OPS if OPS[n].kind != "extern"])
+def test_entry_is_complete(name):
+    d = OPS[name]
+    missing = []
+    if d.kind not in KINDS:
+        missing.append(f"kind {d.kind!r} is not one of {KINDS}")
+    for field in ("infer", "eager"):
+        if not callable(getattr(d, field)):
+            missing.append(field)
+    if d.differentiable and not callable(d.vjp):
+        missing.append("vjp (the op is differentiable)")
+    if d.kind == "pointwise" and not callable(d.triton):
+        missing.append("triton (the op is pointwise)")
+    if not d.internal and not d.aliases:
+        missing.append("aliases (the op is user-facing; mark compiler-made ops internal=True)")
+    if d.internal and d.aliases:
+        missing.append("nothing: an internal op must not have torch spellings")
+    if d.kind in ("pointwise", "view"):
+        domains = d.operand_domains()
+        if len(domains) != d.arity:
+            missing.append(f"one domain per operand ({d.arity}), got {domains}")
+        missing += [f"known domain (not {x!r})" for x in domains if x not in SAMPLE_DOMAINS]
+        if not d.sample_attrs((9, 7, 5)):
+            missing.append("sample_attrs for a rank-3 input")
+    assert not missing, f"op-table entry {name!r} lacks: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("name", TESTED)
+def test_sample_attrs_are_accepted(name):
+    """Every attr set the table offers types correctly on a rank-3 input (the rule runs)."""
+    d = OPS[name]
+    g = Graph()
+    ins = [g.add_node("input", (), {}, (9, 7, 5), torch.bool if dom == "bool" else torch.float32,
+                      DEVICE, name=f"x{k}") for k, dom in enumerate(d.operand_domains())]
+    for attrs in d.sample_attrs((9, 7, 5)):
+        g.call(name, *ins, **attrs)
+    g.verify()
+
+
+# ---- forward, op by op -----------------------------------------------------------------
+
+def _operands(d, shapes, dtype, gen, layout="contiguous"):
+    return [sample(dom, shape, dtype, gen, layout=layout)
+            for dom, shape in zip(d.operand_domains(), shapes)]
+
+
+def _check(name, operands, attrs, what):
+    """Run ``name`` alone through the compiler and compare with eager (same dtype, float64)."""
+    tensors = [o for o in operands if isinstance(o, torch.Tensor)]
+    (ours,) = run_graph(op_graph(name, operands, attrs), tensors)
+    same = eager_op(name, operands, attrs)
+    assert_matches(ours, same, f"{what}: vs eager in the same dtype")
+    ref = eager_op(name, operands, attrs, dtype=torch.float64)
+    assert_matches(ours, ref.to(ours.dtype), f"{what}: vs eager in float64")
+
+
+def _forward_cases():
+    for name in _ops_with(lambda d: d.kind == "pointwise"):
+        for dtype in FLOATS:
+            for case in list(shape_cases(OPS[name].arity)) + ["transposed", "sliced"]:
+                yield pytest.param(name, dtype, case, id=f"{name}-{SHORT[dtype]}-{case}")
+
+
+@pytest.mark.parametrize("name,dtype,case", _forward_cases())
+def test_pointwise_forward(name, dtype, case):
+    d = OPS[name]
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{name}-{case}".encode()))
+    if case in ("transposed", "sliced"):
+        # operand 0 laid out as ``case``, the others contiguous: strided and flat reads mix
+        operands = _operands(d, [(9, 7, 5)] * d.arity, dtype, gen)
+        operands[0] = sample(d.operand_domains()[0], (9, 7, 5), operands[0].dtype, gen, layout=case)
+    else:
+        operands = _operands(d, shape_cases(d.arity)[case], dtype, gen)
+    for attrs in d.sample_attrs(operands[0].shape):
+        _check(name, operands, attrs, f"{name}({attrs}) {SHORT[dtype]} {case}")
+
+
+@pytest.mark.parametrize("name", _ops_with(lambda d: d.kind == "pointwise" and d.arity > 1))
+@pytest.mark.parametrize("dtype", FLOATS, ids=SHORT.get)
+def test_pointwise_forward_python_scalar(name, dtype):
+    """Each tensor operand replaced in turn by a Python scalar (an inlined constant)."""
+    d = OPS[name]
+    gen = torch.Generator().manual_seed(7)
+    for k, dom in enumerate(d.operand_domains()):
+        if dom == "bool":
+            continue
+        operands = _operands(d, [(9, 7)] * d.arity, dtype, gen)
+        operands[k] = scalar_for(dom)
+        try:
+            eager_op(name, operands, {})
+        except (TypeError, RuntimeError):
+            continue  # torch itself has no such overload (torch.maximum(x, 1.5))
+        _check(name, operands, {}, f"{name} {SHORT[dtype]} with operand {k} a Python scalar")
+
+
+MIXED = [(torch.float16, torch.float32), (torch.bfloat16, torch.float16),
+         (torch.float32, torch.float64), (torch.int64, torch.float32), (torch.int32, torch.int64),
+         (torch.float16, "f64 0-d"), (torch.bfloat16, 2), (3, torch.float16)]
+
+
+@pytest.mark.parametrize("name", _ops_with(lambda d: d.kind == "pointwise" and d.arity == 2
+                                           and set(d.operand_domains()) == {"real"}))
+def test_pointwise_forward_mixed_types(name):
+    """torch's promotion: mixed float widths, ints with floats, 0-d tensors, scalars."""
+    gen = torch.Generator().manual_seed(3)
+    for pair in MIXED:
+        operands = []
+        for t in pair:
+            if isinstance(t, torch.dtype):
+                x = sample("real", (9, 7), torch.float64, gen)
+                operands.append((x * 4).to(t) if not t.is_floating_point else x.to(t))
+            elif t == "f64 0-d":
+                operands.append(torch.tensor(1.25, dtype=torch.float64, device=DEVICE))
+            else:
+                operands.append(t)
+        try:
+            same = eager_op(name, operands, {})
+        except (TypeError, RuntimeError):
+            continue
+        tensors = [o for o in operands if isinstance(o, torch.Tensor)]
+        (ours,) = run_graph(op_graph(name, operands, {}), tensors)
+        assert_matches(ours, same, f"{name} on {pair}")
+
+
+@pytest.mark.parametrize("name", _ops_with(lambda d: d.kind == "pointwise"
+                                           and "bool" not in d.operand_domains()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=SHORT.get)
+def test_pointwise_special_values(name, dtype):
+    """0, -0, tiny, huge, ±inf, NaN (every pair of them for binary ops): same as eager."""
+    d = OPS[name]
+    values = torch.tensor(SPECIAL_VALUES, dtype=dtype, device=DEVICE)
+    grids = torch.meshgrid(*[values] * d.arity, indexing="ij")
+    operands = [v.contiguous() for v in grids]
+    for attrs in d.sample_attrs(operands[0].shape):
+        if attrs.get("dtype") in (torch.int32, torch.int64):
+            continue  # NaN and inf have no integer value: torch's result is unspecified
+        (ours,) = run_graph(op_graph(name, operands, attrs), operands)
+        torch.testing.assert_close(ours, eager_op(name, operands, attrs), equal_nan=True,
+                                   msg=lambda m: f"{name}({attrs}) on special values\n{m}")
+
+
+# ---- views: eager reads them, kernels read them through strides -------------------------
+
+def _view_cases():
+    for name in VIEWS:
+        for dtype in FLOATS:
+            for case in ("odd", "zero_size", "zero_dim", "transposed", "sliced"):
+                yield pytest.param(name, dtype, case, id=f"{name}-{SHORT[dtype]}-{case}")
+
+
+@pytest.mark.parametrize("name,dtype,case", _view_cases())
+def test_view_forward(name, dtype, case):
+    d = OPS[name]
+    gen = torch.Generator().manual_seed(11)
+    if case in ("transposed", "sliced"):
+        x = sample(d.operand_domains()[0], (9, 7, 5), dtype, gen, layout=case)
+    else:
+        x = sample(d.operand_domains()[0], shape_cases(1)[case][0], dtype, gen)
+    attr_sets = d.sample_attrs(x.shape)
+    if not attr_sets:
+        pytest.skip(f"the table offers no {name} sample for shape {tuple(x.shape)}")
+    for attrs in attr_sets:
+        view, negated = run_graph(op_graph(name, [x], attrs, extra_neg=True), [x])
+        expected = eager_op(name, [x], attrs)
+        torch.testing.assert_close(view, expected, rtol=0, atol=0)
+        assert_matches(negated, -expected, f"neg({name}({attrs})) {case}: a kernel reading the view")
+
+
+# ---- capture: every torch spelling reaches its op ----------------------------------------
+
+def _alias_cases():
+    for name in TESTED:
+        for alias in OPS[name].aliases:
+            label = alias if isinstance(alias, str) else f"{getattr(alias, '__module__', '')}." \
+                f"{getattr(alias, '__name__', alias)}"
+            yield pytest.param(name, alias, id=f"{name}-{label}")
+
+
+def _spelled(alias, args: tuple):
+    """A function calling ``alias`` on tensors and attr values (bare if that is its form)."""
+    if isinstance(alias, type):  # an nn.Module class: a submodule, as models use it
+        return torch.nn.Sequential(alias())
+    if isinstance(alias, str):
+        return lambda x, *rest: getattr(x, alias)(*rest, *args)
+    return lambda *xs: alias(*xs, *args)
+
+
+@pytest.mark.parametrize("name,alias", _alias_cases())
+def test_alias_captures_to_its_op(name, alias):
+    d = OPS[name]
+    gen = torch.Generator().manual_seed(5)
+    xs = _operands(d, [(6, 5, 3)] * d.arity, torch.float32, gen)
+    attrs = d.sample_attrs(xs[0].shape)[0]
+    fn = None
+    # attrs are passed positionally (x.pow(2), x.transpose(0, -1)); spellings that fix
+    # them (x.half(), x.t()) take none
+    for args in (tuple(attrs.values()), ()):
+        candidate = _spelled(alias, args)
+        try:
+            expected = candidate(*xs)
+        except (TypeError, RuntimeError, IndexError):
+            continue
+        fn = candidate
+        break
+    assert fn is not None, f"cannot call {alias!r} with {attrs} or bare"
+    report = fusion.explain(fn, *xs)
+    assert f"= {name}(" in report.graph, f"{alias!r} did not capture to {name}:\n{report.graph}"
+    assert not report.extern, report.extern
+    ours = fusion.compile(fn)(*xs)
+    torch.testing.assert_close(ours, expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("spelling", [
+    lambda x: x ** 2, lambda x: 2.0 ** x, lambda x: 1.0 - x, lambda x: 3 / x, lambda x: x.T,
+    lambda x: x.float() * x.double(), lambda x: x.view(-1, 3), lambda x: x.to(torch.float16),
+    lambda x: x.expand(2, -1, -1, -1), lambda x: torch.nn.functional.relu(x, inplace=False),
+], ids=["pow_dunder", "scalar_base_pow", "rsub", "rtruediv", "dotT", "float_double", "view",
+        "to_dtype", "expand_varargs", "relu_inplace_false"])
+def test_spellings_match_eager(spelling):
+    """Spellings that reach the table through reflected operators, varargs or keywords."""
+    x = 0.5 + torch.rand(6, 5, 3, device=DEVICE)
+    torch.testing.assert_close(fusion.compile(spelling)(x), spelling(x))
