@@ -42,8 +42,10 @@ def compile_for(path: str, name: str, example: list, arch: str = "sm_90",
                 num_stages: int | None = None) -> GpuCompileReport:
     """Compile kernel ``name`` of the file at ``path`` for ``arch``.
 
-    ``example`` gives each argument in order: ``("ptr", dtype)`` or
-    ``("int", value)``; ``constexprs`` the compile-time arguments.
+    ``example`` gives each argument in order: ``("ptr", dtype)``,
+    ``("int", value)``, or ``("const", value)`` for an integer the JIT
+    compiles in (it does so for 1: a unit stride); ``constexprs`` the
+    compile-time arguments.
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -57,12 +59,15 @@ def compile_for(path: str, name: str, example: list, arch: str = "sm_90",
         if kind == "ptr":
             signature[names[i]] = "*" + _SIG[value]
             attrs[(i,)] = [["tt.divisibility", 16]]
+        elif kind == "const":
+            constexprs[names[i]] = value
         else:
             signature[names[i]] = "i64" if abs(value) >= 2**31 else "i32"
             if value % 16 == 0 and value != 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     for k in constexprs:
         signature[k] = "constexpr"
+    signature = {n: signature[n] for n in names}  # in argument order
     src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()},
                     attrs=attrs)
     options = {"num_warps": num_warps}

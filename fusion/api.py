@@ -45,13 +45,14 @@ class CompiledModule(torch.nn.Module):
         self._last_key = None
         try:
             # a GraphModule (e.g. from Dynamo) is already captured: use it as it is
-            self._gm = model if isinstance(model, fx.GraphModule) else trace(model)
+            # kept out of _modules (shared with the original): not a submodule of the user's model
+            self.__dict__["_gm"] = model if isinstance(model, fx.GraphModule) else trace(model)
             self._eager_reason = None
         except CaptureError as e:
             if fallback == "error":
                 raise
             warnings.warn(f"{e} Running it eagerly (fallback='eager').", RuntimeWarning, stacklevel=3)
-            self._gm, self._eager_reason = None, str(e)
+            self.__dict__["_gm"], self._eager_reason = None, str(e)
 
     # ---- nn.Module behaviour delegated to the original ---------------------------
     def train(self, mode: bool = True):

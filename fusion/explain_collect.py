@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.utils._pytree as pytree
 
+from fusion.matmul_tiles import interpreter_config
 from fusion.report import KernelReport, Report
 
 
@@ -45,7 +46,8 @@ def collect(compiled, args: tuple, kwargs: dict) -> Report:
         kernels += kernel_reports(k)
         for bwd in k.backward_plans.values():
             saved.append((k.variants and next(iter(k.variants.values())).emitted.name or "kernel",
-                          [f"%{g.inputs[i].id}" for i in bwd.saved]))
+                          [f"%{g.inputs[i].id}" for i in bwd.saved]
+                          + [f"%{n.id} ({n.op} result, kept)" for n in getattr(bwd, "kept", ())]))
             for bk in bwd.plan.kernels.values():
                 backward += kernel_reports(bk)
     extern = [(n.attrs["label"], n.attrs["reason"]) for n in plan.graph.nodes if n.op == "extern"]
@@ -54,8 +56,10 @@ def collect(compiled, args: tuple, kwargs: dict) -> Report:
 
 
 def kernel_reports(kernel) -> list[KernelReport]:
-    """One report per generated variant of a pointwise kernel."""
+    """One report per generated variant of a pointwise or matmul kernel."""
     g = kernel.group
+    if g.kind == "matmul":
+        return [matmul_report(kernel, v) for v in kernel.variants.values()]
     out = []
     for v in kernel.variants.values():
         read = sum(_nbytes(i) for i in g.inputs)
@@ -67,6 +71,28 @@ def kernel_reports(kernel) -> list[KernelReport]:
             [f"%{o.id}: {o.type_str()}" for o in g.outputs],
             read, written, eager, v.example, {"BLOCK_SIZE": 1024}))
     return out
+
+
+def matmul_report(kernel, v) -> KernelReport:
+    """A matmul-epilogue kernel next to its unfused alternative: torch's matmul
+    writing the result, then each epilogue op reading and writing a tensor."""
+    g, anchor = kernel.group, kernel.anchor
+    # v.outputs: the group's outputs, plus the matmul result where it is kept for backward
+    written = sum(_nbytes(o) for o in v.outputs)
+    eager = sum(sum(_nbytes(i) for i in n.operands()) + _nbytes(n) for n in g.nodes)
+    flops = 2 * anchor.numel * kernel.K + anchor.numel * len(kernel.epilogue)
+    cpu = interpreter_config(anchor.shape[-2], anchor.shape[-1], kernel.K)
+    config = f"{v.config} on a GPU (autotuned over {len(v.candidates)}); interpreter: " \
+             f"BLOCK {cpu.BLOCK_M}x{cpu.BLOCK_N}x{cpu.BLOCK_K}"
+    constexprs = dict(v.config.constexprs)
+    if "DOT_IN_FP32" in v.emitted.source:
+        constexprs["DOT_IN_FP32"] = False  # compiled as the GPU runs it
+    return KernelReport(
+        v.emitted.name, "matmul", v.emitted.source, v.path,
+        [f"%{i.id} {i.name or i.op}: {i.type_str()}" for i in g.inputs],
+        [f"%{o.id}: {o.type_str()}" for o in v.outputs],
+        sum(_nbytes(i) for i in g.inputs), written, eager, v.example, constexprs,
+        flops=flops, config=config, _num_warps=v.config.num_warps, _num_stages=v.config.num_stages)
 
 
 def _nbytes(n) -> int:

@@ -48,6 +48,7 @@ class MatmulVariant:
     config: TileConfig       # the heuristic's pick for a GPU (explain, compile_for)
     candidates: list         # what autotuning tries on a GPU
     example: list            # per argument ("ptr", dtype) / ("int", v) / ("const", 1)
+    outputs: tuple = ()      # the values written: the group's outputs, then any kept ones
     tuned: object = None     # triton.autotune wrapper, built on first GPU launch
 
     @property
@@ -159,7 +160,7 @@ class MatmulKernel:
         fn = load_kernel(emitted.name, emitted.source)
         heavy = sum(k != SCALAR for k in layout.kinds) + len(self.epilogue) > 4
         candidates = gpu_candidates(layout.M, layout.N, layout.K, self.a.dtype, heavy)
-        return MatmulVariant(emitted, fn, candidates[0], candidates, [])
+        return MatmulVariant(emitted, fn, candidates[0], candidates, [], tuple(outputs))
 
     def _arguments(self, variant, layout: MatmulLayout, a, b, epi, outs) -> dict:
         """Every kernel argument by name; also records the example compile_for uses."""

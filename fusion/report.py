@@ -22,12 +22,17 @@ class KernelReport:
     eager_bytes: int      # what eager's separate ops would read + write
     _example: list = field(repr=False, default_factory=list)
     _constexprs: dict = field(repr=False, default_factory=dict)
+    flops: int = 0        # matmul kernels: 2*M*N*K per matrix, plus ~1 per epilogue op and element
+    config: str = ""      # matmul kernels: the tile config (GPU heuristic; what the interpreter ran)
+    _num_warps: int = field(repr=False, default=4)
+    _num_stages: int | None = field(repr=False, default=None)
 
     def compile_for(self, arch: str = "sm_90"):
         """Compile for ``sm_90`` / ``sm_80`` without a GPU: ``.ptx``, ``.registers``,
         ``.spills``, ``.shared_bytes``."""
         from codegen.gpu_report import compile_for
-        return compile_for(self.path, self.name, self._example, arch, self._constexprs or None)
+        return compile_for(self.path, self.name, self._example, arch, self._constexprs or None,
+                           self._num_warps, self._num_stages)
 
 
 @dataclass
@@ -57,6 +62,10 @@ class Report:
                              f"{', '.join(k.outputs)}")
                 lines.append(f"    bytes moved {moved:,} vs {k.eager_bytes:,} for eager's separate ops"
                              f" ({k.eager_bytes / max(moved, 1):.2f}x less)  source: {k.path}")
+                if k.kind == "matmul":
+                    lines.append(f"    {k.flops:,} FLOPs, the same unfused; {k.flops / max(moved, 1):.1f}"
+                                 f" FLOP/byte fused vs {k.flops / max(k.eager_bytes, 1):.1f} unfused;"
+                                 f" tiles {k.config}")
         lines += ["", "== Not fused (run by eager torch) =="]
         lines += [f"{op}: {why}" for op, why in self.extern] or ["nothing: every op was fused or is a view"]
         if self.saved:

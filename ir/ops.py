@@ -53,6 +53,7 @@ SAMPLE_DOMAINS = {
     "real": "any finite value (normal draws, plus exact 0, ±0.5, ±1, 2 for ties and kinks)",
     "positive": "values in [0.5, 2]: log, fractional powers",
     "nonzero": "values with |x| in [0.5, 2]: divisors",
+    "probability": "values in [0.05, 0.95]: probabilities and targets",
     "bool": "True/False",
 }
 
@@ -359,7 +360,10 @@ def cast_expr(x: str, dtype: torch.dtype) -> str:
     if dtype == torch.bool:
         return f"({x} != 0)"
     if dtype in (torch.float16, torch.bfloat16):
-        return f"{x}.to({triton_type(dtype)}).to({compute_type(dtype)})"
+        # through fp32 as torch does (c10::Half/BFloat16 are built from a float), so fp64 and
+        # int sources round exactly like eager; Triton's interpreter also miscasts fp64/int
+        # straight to bf16 (it reinterprets the value as uint16)
+        return f"{x}.to(tl.float32).to({triton_type(dtype)}).to({compute_type(dtype)})"
     return f"{x}.to({compute_type(dtype)})"
 
 

@@ -60,6 +60,8 @@ def sample(domain: str, shape, dtype: torch.dtype, gen: torch.Generator, *, kink
             exact = torch.tensor(EXACT_VALUES, dtype=torch.float64)
             pick = torch.randint(len(EXACT_VALUES), shape, generator=gen)
             x = torch.where(torch.rand(shape, generator=gen) < 0.25, exact[pick], x)
+    elif domain == "probability":
+        x = 0.05 + 0.9 * torch.rand(shape, generator=gen, dtype=torch.float64)
     elif domain in ("positive", "nonzero"):
         x = 0.5 + 1.5 * torch.rand(shape, generator=gen, dtype=torch.float64)
         if domain == "nonzero":
