@@ -203,7 +203,9 @@ def fmt(v, digits: int = 3) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        if v != v or abs(v) == float("inf"):
+            return str(v)
+        return f"{v:,.0f}" if abs(v) >= 10 ** digits else f"{v:.{digits}g}"
     return str(v)
 
 

@@ -113,7 +113,7 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False) 
     lines = _prologue(spec, batch, [b for b, lay in zip(bases, spec.layouts) if lay != SCALAR],
                       len(spec.outputs))
     lines += [
-        f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_type})",
+        f"acc = tl.full((BLOCK_M, BLOCK_N), 0, dtype={acc_type})",
         "for k in range(0, (K + BLOCK_K - 1) // BLOCK_K):",
         "    # the last step may run past K: masked lanes read 0 and add nothing",
         "    a = tl.load(a_ptrs, mask=offs_k[None, :] < K - k * BLOCK_K, other=0.0)",
@@ -169,15 +169,15 @@ def _prologue(spec: MatmulSpec, batch: list, epilogue_bases: list, n_out: int) -
     to64 = ".to(tl.int64)" if spec.int64 else ""
     lines = [
         f"pid = tl.program_id(axis=0){to64}",
-        "# (M + BLOCK_M - 1) // BLOCK_M, not tl.cdiv: a library @jit function is an interpreter",
-        "# function once TRITON_INTERPRET=1, and compile_for could not compile the call",
+        "# builtins only (no tl.cdiv, tl.zeros): Triton 3.9's interpreter leaves triton.language",
+        "# patched after calling a library @jit function, and compile_for then fails",
         "num_pid_m = (M + BLOCK_M - 1) // BLOCK_M",
         "num_pid_n = (N + BLOCK_N - 1) // BLOCK_N",
         "# grouped order: GROUP_M rows of tiles share the B tiles they read, in L2",
         "num_pid_in_group = GROUP_M * num_pid_n",
         "group_id = pid // num_pid_in_group",
         "first_pid_m = group_id * GROUP_M",
-        "group_size_m = min(num_pid_m - first_pid_m, GROUP_M)",
+        "group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)",
         "pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)",
         "pid_n = (pid % num_pid_in_group) // group_size_m",
     ]

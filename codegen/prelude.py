@@ -45,12 +45,24 @@ def tanh(x):
     t = tl.where(small, p, big)
     return tl.where(x < 0, -t, t)
 ''',
+    "ipow": '''
+@triton.jit
+def ipow(x, n: tl.constexpr):
+    # x ** n for a compile-time integer n >= 1, by left-to-right binary powering over
+    # the bits of n: at most 2 log2(n) roundings, and exact signs for negative x
+    result = x
+    for i in tl.static_range(30, -1, -1):
+        if (n >> i) > 1:
+            result = result * result
+            if ((n >> i) & 1) == 1:
+                result = result * x
+    return result
+''',
     "sign": '''
 @triton.jit
 def sign(x):
-    # -1, 0 or 1; NaN stays NaN (x != x), as torch.sign
-    s = tl.where(x > 0, 1, tl.where(x < 0, -1, 0)).to(x.dtype)
-    return tl.where(x != x, x, s)
+    # -1, 0 or 1, as torch.sign computes it: (0 < x) - (x < 0), so NaN gives 0
+    return tl.where(x > 0, 1, tl.where(x < 0, -1, 0)).to(x.dtype)
 ''',
     "log1p": '''
 @triton.jit

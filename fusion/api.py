@@ -39,20 +39,26 @@ class CompiledModule(torch.nn.Module):
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):  # builtins: no signature, positional calls only
             self._signature = None
+        # calls passing exactly the positional parameters need no binding (the hot path)
+        self._n_positional = -1 if self._signature is None or any(
+            p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            for p in self._signature.parameters.values()) else len(self._signature.parameters)
         self._plans: dict[tuple, Plan] = {}
         self._limit = recompile_limit
         self._warned_limit = False
         self._last_key = None
+        self._fallback = fallback
+        self._eager_reason = None
+        self._specialized: dict[tuple, fx.GraphModule] = {}
         try:
-            # a GraphModule (e.g. from Dynamo) is already captured: use it as it is
-            # kept out of _modules (shared with the original): not a submodule of the user's model
+            # a GraphModule (e.g. from Dynamo) is already captured: use it as it is.
+            # Kept out of _modules (shared with the original): not a submodule of the model.
             self.__dict__["_gm"] = model if isinstance(model, fx.GraphModule) else trace(model)
-            self._eager_reason = None
+            self._trace_error = None
         except CaptureError as e:
-            if fallback == "error":
-                raise
-            warnings.warn(f"{e} Running it eagerly (fallback='eager').", RuntimeWarning, stacklevel=3)
-            self.__dict__["_gm"], self._eager_reason = None, str(e)
+            # maybe control flow on a Python argument: retried per call with those
+            # arguments fixed (see _graph_for); the error stands if that fails too
+            self.__dict__["_gm"], self._trace_error = None, e
 
     # ---- nn.Module behaviour delegated to the original ---------------------------
     def train(self, mode: bool = True):
@@ -66,7 +72,7 @@ class CompiledModule(torch.nn.Module):
 
     # ---- calling -------------------------------------------------------------------
     def forward(self, *args, **kwargs):
-        if self._gm is None:
+        if self._eager_reason is not None:
             return self._orig(*args, **kwargs)
         args = self._bind(args, kwargs)
         key = self._guard_key(args)
@@ -75,13 +81,38 @@ class CompiledModule(torch.nn.Module):
             if len(self._plans) >= self._limit:
                 self._warn_limit(key)
                 return self._orig(*args)
-            plan = self._plans[key] = self.build_plan(args)
+            gm = self._graph_for(args)
+            if gm is None:
+                return self._orig(*args)
+            plan = self._plans[key] = self.build_plan(args, gm)
         self._last_key = key
         return self._call_plan(plan, args)
 
-    def build_plan(self, args: tuple) -> Plan:
+    def _graph_for(self, args: tuple):
+        """The traced graph; if plain tracing failed, one traced with this call's
+        non-tensor arguments fixed (as torch.compile specialises on them)."""
+        if self._gm is not None:
+            return self._gm
+        fixed = {name: a for name, a in zip(self._signature.parameters if self._signature else (), args)
+                 if not isinstance(a, torch.Tensor)}
+        key = tuple((k, _describe(v)) for k, v in fixed.items())
+        if key not in self._specialized:
+            try:
+                if not fixed:
+                    raise self._trace_error
+                self._specialized[key] = trace(self._orig, concrete_args=fixed)
+            except CaptureError:
+                if self._fallback == "error":
+                    raise self._trace_error from None
+                warnings.warn(f"{self._trace_error} Running it eagerly (fallback='eager').",
+                              RuntimeWarning, stacklevel=4)
+                self._eager_reason = str(self._trace_error)
+                return None
+        return self._specialized[key]
+
+    def build_plan(self, args: tuple, gm: fx.GraphModule) -> Plan:
         """Capture, optimise, partition and prepare kernels for this signature."""
-        captured = lower(self._gm, args, root=self._orig)
+        captured = lower(gm, args, root=self._orig)
         tensors = [a for a in args if isinstance(a, torch.Tensor)] + [
             _fetch(self._orig, p.name) for p in captured.graph.params]
         device = tensors[0].device if tensors else torch.device("cpu")
@@ -98,7 +129,7 @@ class CompiledModule(torch.nn.Module):
         return pytree.tree_unflatten(leaves, cap.out_spec)
 
     def _bind(self, args, kwargs) -> tuple:
-        if self._signature is None or (not kwargs and len(args) == len(self._signature.parameters)):
+        if self._signature is None or (not kwargs and len(args) == self._n_positional):
             return args
         try:
             bound = self._signature.bind(*args, **kwargs)

@@ -27,11 +27,11 @@ def _tensor_leaves(x):
 
 
 def collect(compiled, args: tuple, kwargs: dict) -> Report:
-    if compiled._gm is None:
-        return Report(f"(not captured: {compiled._eager_reason})", "eager", [], [],
-                      [("<whole model>", compiled._eager_reason)], [], 0, None)
     bound = compiled._bind(args, kwargs)
     out, ours_saved = saved_bytes(lambda: compiled(*bound))
+    if compiled._eager_reason is not None:
+        return Report(f"(not captured: {compiled._eager_reason})", "eager", [], [],
+                      [("<whole model>", compiled._eager_reason)], [], 0, None)
     plan = compiled._plans[compiled._guard_key(bound)]
     wants_grad = [t for t in _tensor_leaves(out) if t.requires_grad]
     eager_saved = None

@@ -108,7 +108,7 @@ class MatmulKernel:
         if layout.batch_count > MAX_BATCH_GRID:
             return self._eager(env, outputs, keep)
         variant = self.variant_for(layout, extras)
-        values = self._arguments(variant, layout, a, b, epi, outs)
+        values = _arguments(variant.emitted.bases, layout, a, b, epi, outs)
         args = [values[n] for n in variant.emitted.arg_names]
         half = {"DOT_IN_FP32": self.mode == INTERPRETER} if self.a.dtype in HALF else {}
         M, N = layout.M, layout.N
@@ -141,9 +141,11 @@ class MatmulKernel:
         tf32 = self.mode == TRITON and torch.backends.cuda.matmul.allow_tf32
         return "tf32" if tf32 and self.a.dtype == torch.float32 else "ieee"
 
-    def variant_for(self, layout: MatmulLayout, extras: tuple = ()) -> MatmulVariant:
-        """The kernel for ``layout`` that also writes ``extras`` (values kept for backward)."""
-        precision = self.precision()
+    def variant_for(self, layout: MatmulLayout, extras: tuple = (),
+                    precision: str | None = None) -> MatmulVariant:
+        """The kernel for ``layout`` that also writes ``extras`` (values kept for
+        backward); ``precision`` overrides ``self.precision()`` (tests of tf32 PTX)."""
+        precision = precision or self.precision()
         vkey = (len(layout.batch), layout.kinds, layout.int64, precision, extras)
         v = self.variants.get(vkey)
         if v is None:
@@ -160,28 +162,31 @@ class MatmulKernel:
         fn = load_kernel(emitted.name, emitted.source)
         heavy = sum(k != SCALAR for k in layout.kinds) + len(self.epilogue) > 4
         candidates = gpu_candidates(layout.M, layout.N, layout.K, self.a.dtype, heavy)
-        return MatmulVariant(emitted, fn, candidates[0], candidates, [], tuple(outputs))
+        # the arguments' types and values as compile_for needs them: dtypes stand for tensors
+        values = _arguments(emitted.bases, layout, self.a.dtype, self.b.dtype,
+                            [i.dtype for i in self.epilogue_inputs], [o.dtype for o in outputs])
+        example = [_example(values[n]) for n in emitted.arg_names]
+        return MatmulVariant(emitted, fn, candidates[0], candidates, example, tuple(outputs))
 
-    def _arguments(self, variant, layout: MatmulLayout, a, b, epi, outs) -> dict:
-        """Every kernel argument by name; also records the example compile_for uses."""
-        batch = [f"b{d}" for d in range(len(layout.batch))]
-        values = {"a_ptr": a, "b_ptr": b, "M": layout.M, "N": layout.N, "K": layout.K}
-        for name, st in (("a", layout.a_strides), ("b", layout.b_strides)):
-            dims = ["am", "ak"] if name == "a" else ["bk", "bn"]
-            values.update(zip([f"stride_{d}" for d in dims] + [f"stride_{name}{d}" for d in batch], st))
-        for base, t, st in zip(variant.emitted.bases, epi, layout.epilogue):
-            values[f"{base}_ptr"] = t
-            values.update(zip([f"stride_{base}_{d}" for d in ["m", "n", *batch]], st))
-        values.update({f"out{k}_ptr": o for k, o in enumerate(outs)})
-        values.update({f"size_b{d}": s for d, s in enumerate(layout.batch)})
-        if not variant.example:
-            variant.example = [_example(values[n]) for n in variant.emitted.arg_names]
-        return values
+
+def _arguments(bases: tuple, layout: MatmulLayout, a, b, epi, outs) -> dict:
+    """Every kernel argument by name: tensors (or their dtypes), sizes and strides."""
+    batch = [f"b{d}" for d in range(len(layout.batch))]
+    values = {"a_ptr": a, "b_ptr": b, "M": layout.M, "N": layout.N, "K": layout.K}
+    for name, st in (("a", layout.a_strides), ("b", layout.b_strides)):
+        dims = ["am", "ak"] if name == "a" else ["bk", "bn"]
+        values.update(zip([f"stride_{d}" for d in dims] + [f"stride_{name}{d}" for d in batch], st))
+    for base, t, st in zip(bases, epi, layout.epilogue):
+        values[f"{base}_ptr"] = t
+        values.update(zip([f"stride_{base}_{d}" for d in ["m", "n", *batch]], st))
+    values.update({f"out{k}_ptr": o for k, o in enumerate(outs)})
+    values.update({f"size_b{d}": s for d, s in enumerate(layout.batch)})
+    return values
 
 
 def _example(v):
-    if isinstance(v, torch.Tensor):
-        return ("ptr", v.dtype)
+    if isinstance(v, torch.dtype):
+        return ("ptr", v)
     return ("const", v) if v == 1 else ("int", v)  # the JIT compiles 1 in as a constant
 
 

@@ -25,10 +25,11 @@ class CaptureError(RuntimeError):
     """torch.fx could not trace the model; the message says why."""
 
 
-def trace(model) -> fx.GraphModule:
-    """Symbolically trace ``model`` (an nn.Module or a function of tensors)."""
+def trace(model, concrete_args: dict | None = None) -> fx.GraphModule:
+    """Symbolically trace ``model`` (an nn.Module or a function of tensors),
+    with ``concrete_args`` (Python values) fixed if given."""
     try:
-        return fx.symbolic_trace(model)
+        return fx.symbolic_trace(model, concrete_args=concrete_args)
     except Exception as e:  # fx raises TraceError, TypeError, ... depending on the construct
         name = getattr(model, "__name__", type(model).__name__)
         raise CaptureError(
@@ -118,7 +119,7 @@ def _lower_call(g: Graph, root, n: fx.Node, args, kwargs, param):
         target = mod
     elif n.op == "call_method":
         if n.target.endswith("_") and not n.target.endswith("__"):
-            raise NotImplementedError(
+            raise CaptureError(
                 f"fusion: in-place method .{n.target}() in forward is not supported "
                 f"(it mutates {args[0]!r}); use the out-of-place .{n.target[:-1]}()")
 
@@ -185,6 +186,8 @@ def _fold(n: fx.Node, target, args, kwargs):
     elif nodes or n.op == "call_module" or not callable(target):
         return _NOT_FOLDED
     elif getattr(target, "__module__", "") in ("_operator", "operator", "builtins", "math"):
+        pass
+    elif target is torch._assert:  # fx's guard on a specialised Python argument
         pass
     else:
         return _NOT_FOLDED

@@ -103,7 +103,7 @@ _pointwise("pow", "float", lambda x, exponent: torch.pow(x, exponent),
                _scalar_exponent(args, kwargs)),
            # every branch of pow_expr: 0, products, 1/products, sqrt, exp/log (odd, even, fractional)
            domain="positive", sample_attrs=lambda shape: tuple(
-               {"exponent": p} for p in (0, 1, 2, 3, -2, 0.5, 2.5, -1.5, 5, 6)))
+               {"exponent": p} for p in (0, 1, 2, 3, -2, 0.5, 2.5, -1.5, 5, -6, 17)))
 
 
 
@@ -112,6 +112,14 @@ def _scalar_exponent(args, kwargs):
     if not isinstance(exponent, (int, float)) or isinstance(exponent, bool):
         raise NotImplementedError("pow with a tensor exponent is not fused (scalar exponents only)")
     return args[:1], {"exponent": exponent}
+
+
+def _parse_where(alias, args, kwargs):
+    if kwargs or len(args) != 3:
+        raise NotImplementedError("only where(condition, x, y) with positional operands is fused")
+    if alias == "where":  # the method x.where(condition, y) takes from the tensor it is called on
+        args = (args[1], args[0], args[2])
+    return tuple(args), {}
 
 
 def _no_kwargs_but(*allowed):
@@ -174,7 +182,8 @@ _pointwise("minimum", "common", torch.minimum, lambda a, at, ct: minmax_expr("mi
            _minmax_vjp(False), aliases=(torch.minimum, "minimum"), arity=2)
 _pointwise("where", "select", torch.where, lambda a, at, ct: f"tl.where({a[0]}, {a[1]}, {a[2]})",
            lambda b, out, g, c, x, y: (None, _pick(b, g, c), b.call("where", c, 0.0, g)),
-           aliases=(torch.where, "where"), arity=3, domain=("bool", "real", "real"))
+           aliases=(torch.where, "where"), parse=lambda alias, args, kwargs: _parse_where(alias, args, kwargs),
+           arity=3, domain=("bool", "real", "real"))
 for _name, _sym, _fn, _dunder in (("eq", "==", torch.eq, operator.eq), ("ne", "!=", torch.ne, operator.ne),
                                   ("lt", "<", torch.lt, operator.lt), ("le", "<=", torch.le, operator.le),
                                   ("gt", ">", torch.gt, operator.gt), ("ge", ">=", torch.ge, operator.ge)):
@@ -334,18 +343,25 @@ op("extern", "extern", None, None, None, differentiable=True)
 def pow_expr(x: str, p) -> str:
     """x ** p for a scalar p: exact products for small integers, exp/log otherwise."""
     if p == 0:
-        return f"({x} * 0 + 1)"
+        return f"(tl.zeros_like({x}) + 1)"  # 1 for every x, inf and NaN included, as torch
     if p == 0.5:
         return f"tl.sqrt({x})"
     if float(p).is_integer() and abs(p) <= 4:
         prod = " * ".join([f"{x}"] * int(abs(p)))
         return f"({prod})" if p > 0 else f"(1.0 / ({prod}))"
+    if float(p).is_integer() and abs(p) <= 64:
+        # binary powering (the ipow helper): a few roundings, where exp(p log x) is off by
+        # |p log x| ulps (20 at 1e4 ** 5 in fp32); 1/x first for p < 0, so the product
+        # overflows only where the result does
+        return f"ipow({x if p > 0 else f'1.0 / {x}'}, {int(abs(p))})"
     if float(p).is_integer():
         # a negative base is fine for integer exponents: sign from the parity
         odd = int(p) % 2 == 1
         mag = f"tl.exp({float(p)!r} * tl.log(tl.abs({x})))"
         return f"tl.where({x} < 0, -{mag}, {mag})" if odd else mag
-    return f"tl.exp({float(p)!r} * tl.log({x}))"
+    # C's pow(-inf, p) for p not an odd integer is +inf (p > 0) or +0 (p < 0); log(-inf) is NaN
+    at_minus_inf = 'float("inf")' if p > 0 else "0.0"
+    return f'tl.where({x} == float("-inf"), {at_minus_inf}, tl.exp({float(p)!r} * tl.log({x})))'
 
 
 def minmax_expr(fn: str, a: list, ct: str) -> str:

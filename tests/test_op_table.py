@@ -13,6 +13,7 @@ and each alias must capture to its op (``test_alias_captures_to_its_op``).
 """
 from __future__ import annotations
 
+import itertools
 import zlib
 
 import pytest
@@ -213,26 +214,32 @@ def _alias_cases():
             yield pytest.param(name, alias, id=f"{name}-{label}")
 
 
-def _spelled(alias, args: tuple):
-    """A function calling ``alias`` on tensors and attr values (bare if that is its form)."""
+def _spelled(alias, args: tuple, arity: int):
+    """A function of ``arity`` tensors calling ``alias`` on them and the attr values."""
     if isinstance(alias, type):  # an nn.Module class: a submodule, as models use it
         return torch.nn.Sequential(alias())
     if isinstance(alias, str):
-        return lambda x, *rest: getattr(x, alias)(*rest, *args)
-    return lambda *xs: alias(*xs, *args)
+        call = lambda x, *rest: getattr(x, alias)(*rest, *args)  # noqa: E731
+    else:
+        call = lambda *xs: alias(*xs, *args)  # noqa: E731
+    # torch.fx traces named parameters only, not *args
+    return {1: lambda x0: call(x0), 2: lambda x0, x1: call(x0, x1),
+            3: lambda x0, x1, x2: call(x0, x1, x2)}[arity]
 
 
 @pytest.mark.parametrize("name,alias", _alias_cases())
 def test_alias_captures_to_its_op(name, alias):
     d = OPS[name]
     gen = torch.Generator().manual_seed(5)
-    xs = _operands(d, [(6, 5, 3)] * d.arity, torch.float32, gen)
-    attrs = d.sample_attrs(xs[0].shape)[0]
+    operands = _operands(d, [(6, 5)] * d.arity, torch.float32, gen)
+    attrs = d.sample_attrs(operands[0].shape)[0]
     fn = None
     # attrs are passed positionally (x.pow(2), x.transpose(0, -1)); spellings that fix
-    # them (x.half(), x.t()) take none
-    for args in (tuple(attrs.values()), ()):
-        candidate = _spelled(alias, args)
+    # them (x.half(), x.t()) take none; a method may be called on another operand than
+    # the op's first (x.where(condition, y)): the first form eager accepts is the test
+    forms = itertools.product((tuple(attrs.values()), ()), itertools.permutations(operands))
+    for args, xs in forms:
+        candidate = _spelled(alias, args, d.arity)
         try:
             expected = candidate(*xs)
         except (TypeError, RuntimeError, IndexError):
