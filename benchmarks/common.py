@@ -257,7 +257,7 @@ def plot_panels(path: str | Path, title: str, panels: list[dict]) -> str:
     """Line plots in the style of the Triton tutorials' perf_report, one panel per config.
 
     Each panel: ``title``, ``x`` (values), ``series`` {provider: [y or None]},
-    ``xlabel``, ``ylabel``, optional ``logx``. Returns a line saying where it went.
+    ``xlabel``, ``ylabel``, optional ``logx`` (default True) or ``bars`` (categorical x). Returns a line saying where it went.
     """
     try:
         import matplotlib
@@ -269,11 +269,16 @@ def plot_panels(path: str | Path, title: str, panels: list[dict]) -> str:
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     for ax, p in zip(axes.flat, panels):
-        for name, ys in p["series"].items():
+        if p.get("bars"):  # categorical x (dtypes): grouped bars, one colour per provider
+            width = 0.8 / max(1, len(p["series"]))
+            for i, (name, ys) in enumerate(p["series"].items()):
+                ax.bar([j + i * width for j in range(len(p["x"]))], [y or 0 for y in ys], width, label=name)
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(p["x"]))], p["x"])
+        for name, ys in ({} if p.get("bars") else p["series"]).items():
             pts = [(x, y) for x, y in zip(p["x"], ys) if y is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=3, label=name)
-        if p.get("logx", True):
+        if p.get("logx", True) and not p.get("bars"):
             ax.set_xscale("log", base=2)
         ax.set_title(p["title"], fontsize=9)
         ax.set_xlabel(p.get("xlabel", ""), fontsize=8)

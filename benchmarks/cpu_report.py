@@ -10,8 +10,8 @@ generated kernel, forward and backward, it reports:
 - what autograd saves for backward, ours against eager;
 - the kernel compiled for an H100 (``compile_for("sm_90")``: PTX and cubin
   without a GPU): registers per thread, spilled bytes (local memory, 0 = no
-  spill), shared memory, 16-byte global loads (``ld.global.v4``) and wgmma
-  instructions in the PTX.
+  spill), shared memory, 16-byte global loads (``ld.global.v4``), async copies
+  (``cp.async``) and wgmma instructions in the PTX.
 
 Sizes are modest (the interpreter runs about 0.6 ms per program); kernels are
 the ones the GPU benchmarks run, up to the tile/block sizes chosen per shape.
@@ -68,12 +68,12 @@ def explain_one(fn, shapes, dtype, grad: bool):
 def compile_row(kernel, arch: str) -> list:
     try:
         rep = kernel.compile_for(arch)
-        return [rep.registers, rep.spills, rep.shared_bytes, rep.count("ld.global.v4"),
+        return [rep.registers, rep.spills, rep.shared_bytes, rep.count("ld.global.v4"), rep.count("cp.async"),
                 rep.count("wgmma") if arch == "sm_90" else rep.count("mma.sync"),
                 "ok" if rep.spills == 0 else "SPILLS"]
     except Exception as e:  # noqa: BLE001  report it, go on with the next kernel
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-        return [None] * 5 + [f"compile failed: {type(e).__name__}: {msg[:70]}"]
+        return [None] * 6 + [f"compile failed: {type(e).__name__}: {msg[:70]}"]
 
 
 def main():
@@ -115,9 +115,11 @@ def main():
                   "eager MB", "ours / eager"], saved_rows)
     res.add_table(f"{args.arch} compile report (triton.compile for GPUTarget cuda {args.arch[3:]}, no GPU)",
                   ["workload", "dtype", "pass", "kernel", "kind", "registers", "spill bytes", "shared bytes",
-                   "ld.global.v4", "wgmma" if args.arch == "sm_90" else "mma.sync", "verdict"], gpu_rows,
+                   "ld.global.v4", "cp.async", "wgmma" if args.arch == "sm_90" else "mma.sync", "verdict"], gpu_rows,
                   "registers per thread and spills (local memory bytes per thread) read by cuobjdump "
-                  "--dump-resource-usage; PTX counts are instructions in the PTX text.")
+                  "--dump-resource-usage; PTX counts are lines of the PTX text holding that instruction (ld.global.v4: 16-byte "
+                  "global loads; cp.async: asynchronous global-to-shared copies, how matmul tiles load; "
+                  "wgmma/mma.sync: tensor-core instructions).")
     moved = [r for r in bytes_rows if len(r) == 8 and r[-1]]
     if moved:
         res.add_summary("bytes moved, eager / ours (min..max over kernels)", f"{len(moved)} kernels",

@@ -75,48 +75,49 @@ def ratio(a, b):
     return a / b if a and b else None
 
 
-def run_gating(res: Results, shapes: dict, dtypes: dict, providers: list[str], budget: Budget,
+def run_gating(res: Results, label: str, shape: tuple, plan: dict, providers: list[str], budget: Budget,
                quick: bool) -> list[dict]:
+    """One table per pass for ``shape``; ``plan[passes][dtype]`` lists the providers to run."""
     panels = []
-    for label, shape in shapes.items():
-        for passes in ("forward", "fwd+bwd"):
-            grad = passes == "fwd+bwd"
-            cols = ["matmul"] + providers
-            rows, notes, series, xs = [], set(), {p: [] for p in cols}, []
-            for dname, provs in dtypes.items():
-                provs = [p for p in providers if p in provs]
-                if budget.spent():
-                    rows.append([dname, "skipped: time budget"])
-                    continue
-                got = gating_config(shape, DTYPES[dname], grad, provs, quick)
-                ours = got.get("ours", (None, ""))[0]
-                speed = {p: ratio(got[p][0], ours) for p in ("eager", "torch.compile", "max-autotune")
-                         if p in got}
-                rel = ratio(ours, got["matmul"][0])
-                rows.append([dname] + [got[p][0] if p in got else "not run" for p in cols]
-                            + [speed.get(p) for p in ("eager", "torch.compile", "max-autotune")] + [rel])
-                xs.append(dname)
-                for p in cols:
-                    series[p].append(got[p][0] if p in got else None)
-                notes |= {f"{p}: {e}" for p, (_, e) in got.items() if e}
-                if not grad:
-                    checks = [("gating fwd time / matmul", rel)] + [
-                        (f"gating fwd speedup vs {p}", speed.get(p))
-                        for p in ("eager", "torch.compile", "max-autotune")]
-                    for key, value in checks:
-                        if value is not None:
-                            res.add_summary(key, f"{label} {dname}", f"{value:.2f}", TARGETS[key].check(value))
-            note = "Speedup = provider time / ours (> 1: ours is faster). ours / matmul: ours' time over q @ k.T alone."
+    for passes, dtypes in plan.items():
+        grad = passes == "fwd+bwd"
+        cols = ["matmul"] + providers
+        rows, notes, series, xs = [], set(), {p: [] for p in cols}, []
+        for dname, provs in dtypes.items():
+            provs = [p for p in providers if p in provs]
+            if budget.spent():
+                rows.append([dname, "skipped: time budget"])
+                continue
+            got = gating_config(shape, DTYPES[dname], grad, provs, quick)
+            ours = got.get("ours", (None, ""))[0]
+            speed = {p: ratio(got[p][0], ours) for p in ("eager", "torch.compile", "max-autotune")
+                     if p in got}
+            rel = ratio(ours, got["matmul"][0])
+            rows.append([dname] + [got[p][0] if p in got else "not run" for p in cols]
+                        + [speed.get(p) for p in ("eager", "torch.compile", "max-autotune")] + [rel])
+            xs.append(dname)
+            for p in cols:
+                series[p].append(got[p][0] if p in got else None)
+            notes |= {f"{p}: {e}" for p, (_, e) in got.items() if e}
             if not grad:
-                note += (" Targets: ours / matmul " + TARGETS["gating fwd time / matmul"].text()
-                         + "; speedup vs eager " + TARGETS["gating fwd speedup vs eager"].text()
-                         + ", vs torch.compile " + TARGETS["gating fwd speedup vs torch.compile"].text()
-                         + ", vs max-autotune " + TARGETS["gating fwd speedup vs max-autotune"].text() + ".")
-            res.add_table(f"gating {label} {passes}: ms", ["dtype"] + [f"{c} ms" for c in cols]
-                          + ["vs eager", "vs torch.compile", "vs max-autotune", "ours / matmul"], rows,
-                          " ".join([note] + sorted(notes)))
-            panels.append({"title": f"gating {label} {passes}", "x": xs, "series": series, "xlabel": "dtype",
-                           "ylabel": "ms (lower is better)", "logx": False})
+                checks = [("gating fwd time / matmul", rel)] + [
+                    (f"gating fwd speedup vs {p}", speed.get(p))
+                    for p in ("eager", "torch.compile", "max-autotune")]
+                for key, value in checks:
+                    if value is not None:
+                        res.add_summary(key, f"{label} {dname}", f"{value:.2f}", TARGETS[key].check(value))
+        note = ("Speedup = provider time / ours (> 1: ours is faster); ours / matmul = ours' time over "
+                "q @ k.T alone. 'not run': skipped in --quick (max-autotune autotunes for minutes).")
+        if not grad:
+            note += (" Targets: ours / matmul " + TARGETS["gating fwd time / matmul"].text()
+                     + "; speedup vs eager " + TARGETS["gating fwd speedup vs eager"].text()
+                     + ", vs torch.compile " + TARGETS["gating fwd speedup vs torch.compile"].text()
+                     + ", vs max-autotune " + TARGETS["gating fwd speedup vs max-autotune"].text() + ".")
+        res.add_table(f"gating {label} {passes}: ms", ["dtype"] + [f"{c} ms" for c in cols]
+                      + ["vs eager", "vs torch.compile", "vs max-autotune", "ours / matmul"], rows,
+                      " ".join([note] + sorted(notes)))
+        panels.append({"title": f"gating {label} {passes}", "x": xs, "series": series, "xlabel": "dtype",
+                       "ylabel": "ms (lower is better)", "bars": True})
     return panels
 
 
@@ -171,23 +172,24 @@ def main():
     everything = {d: PROVIDERS for d in ("bf16", "fp16", "fp32")}
     if args.smoke and not GPU:
         print("SMOKE RUN on a CPU (interpreter): checks the script, the figures mean nothing.\n")
-        plan = {label: {"fp32": ["eager", "ours"]} for label in SMOKE_SHAPES}
+        plan = {label: {"forward": {"fp32": ["eager", "ours"]}, "fwd+bwd": {"fp32": ["eager", "ours"]}}
+                for label in SMOKE_SHAPES}
         shapes, large_k, providers = SMOKE_SHAPES, 256, ["eager", "ours"]
     elif gpu_only(res, "attention gating and large-K matmul timings"):
         return
-    elif args.quick:  # max-autotune (slow to compile) on bf16 only, the batched shape on bf16 only
-        no_autotune = ["eager", "torch.compile", "ours"]
+    elif args.quick:  # max-autotune (minutes of autotuning) only where a target names it: forward bf16
+        fast = ["eager", "torch.compile", "ours"]
         first, second = SHAPES
-        plan = {first: {"bf16": PROVIDERS, "fp16": no_autotune, "fp32": no_autotune},
-                second: {"bf16": PROVIDERS}}
+        plan = {first: {"forward": {"bf16": PROVIDERS, "fp16": fast, "fp32": fast}, "fwd+bwd": {"bf16": fast}},
+                second: {"forward": {"bf16": fast}, "fwd+bwd": {"bf16": fast}}}
         shapes, large_k, providers = SHAPES, LARGE_K, PROVIDERS
     else:
-        plan = {label: everything for label in SHAPES}
+        plan = {label: {"forward": everything, "fwd+bwd": everything} for label in SHAPES}
         shapes, large_k, providers = SHAPES, LARGE_K, PROVIDERS
     budget = Budget(args.budget)
     panels = []
     for label, shape in shapes.items():
-        panels += run_gating(res, {label: shape}, plan[label], providers, budget, args.quick)
+        panels += run_gating(res, label, shape, plan[label], providers, budget, args.quick)
     if not budget.spent():
         run_large_k(res, large_k, providers, args.quick)
     if GPU and not budget.spent():

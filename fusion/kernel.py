@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +73,11 @@ class PointwiseKernel:
             args += outs
             args += list(variant.layout.sizes[1:])
             args.append(n)
-            variant.fn[grid](*args, BLOCK_SIZE=block)
+            if self.mode == INTERPRETER:
+                with _INTERPRETER_LOCK:  # the interpreter patches triton.language while it runs
+                    variant.fn[grid](*args, BLOCK_SIZE=block)
+            else:
+                variant.fn[grid](*args, BLOCK_SIZE=block)
         return [OPS[o.op].combine(t, n).to(o.dtype) if _is_reduction(o) else t
                 for o, t in zip(self.group.outputs, outs)]
 
@@ -106,6 +111,9 @@ class PointwiseKernel:
             n *= s
         example += [("int", s) for s in layout.sizes[1:]] + [("int", n)]
         return Variant(emitted, fn, layout, example)
+
+
+_INTERPRETER_LOCK = threading.RLock()
 
 
 def _is_reduction(node) -> bool:

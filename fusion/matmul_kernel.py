@@ -161,7 +161,7 @@ class MatmulKernel:
             print(f"# fusion: {self.role} kernel {emitted.name}\n{emitted.source}", file=sys.stderr)
         fn = load_kernel(emitted.name, emitted.source)
         heavy = sum(k != SCALAR for k in layout.kinds) + len(self.epilogue) > 4
-        candidates = gpu_candidates(layout.M, layout.N, layout.K, self.a.dtype, heavy)
+        candidates = gpu_candidates(layout.M, layout.N, layout.K, self.a.dtype, precision, heavy)
         # the arguments' types and values as compile_for needs them: dtypes stand for tensors
         values = _arguments(emitted.bases, layout, self.a.dtype, self.b.dtype,
                             [i.dtype for i in self.epilogue_inputs], [o.dtype for o in outputs])

@@ -33,35 +33,42 @@ class TileConfig:
                 f"{self.num_warps} warps, {self.num_stages} stages")
 
 
-# Candidates per dtype, best first for large problems. Half types feed tensor cores
-# (wgmma on sm_90, mma.sync on sm_80) and take BLOCK_K 64; fp32 tiles hold twice the
-# bytes per element (BLOCK_K 32); fp64 has no fast tensor-core path: small tiles.
-# 128x128 tiles use 8 warps so the accumulator (64 fp32 registers a thread) leaves
-# room for the epilogue's own tiles without spilling.
+# Candidates per dtype, best first for large problems (registers a thread, checked
+# with compile_for for the attention-gating kernel: see tests/test_matmul_ptx.py).
+# Half types and tf32 feed tensor cores (wgmma on sm_90, mma.sync on sm_80); 128x128
+# tiles use 8 warps so the accumulator (64 fp32 registers a thread) leaves room for
+# the epilogue. fp32 without tf32 runs on FMA units, whose 128-wide tiles reach
+# 254 registers: 64x64. fp64 uses mma.sync (DMMA) on both; 64x64 reaches 252: 32x32.
 _TABLE = {
     "half": [TileConfig(128, 128, 64, 8, 8, 3), TileConfig(128, 256, 64, 8, 8, 3),
              TileConfig(128, 64, 64, 8, 4, 4), TileConfig(64, 64, 64, 8, 4, 4)],
-    "fp32": [TileConfig(128, 128, 32, 8, 8, 3), TileConfig(128, 64, 32, 8, 4, 4),
+    "tf32": [TileConfig(128, 128, 32, 8, 8, 3), TileConfig(128, 64, 32, 8, 4, 4),
              TileConfig(64, 64, 32, 8, 4, 4)],
-    "fp64": [TileConfig(64, 64, 16, 8, 4, 3), TileConfig(32, 32, 16, 8, 4, 3)],
+    "fp32": [TileConfig(64, 64, 32, 8, 4, 3), TileConfig(64, 32, 32, 8, 4, 3)],
+    "fp64": [TileConfig(32, 32, 16, 8, 4, 3), TileConfig(64, 64, 16, 8, 8, 3)],
 }
 
 
-def _family(dtype: torch.dtype) -> str:
-    return {torch.float16: "half", torch.bfloat16: "half", torch.float32: "fp32"}.get(dtype, "fp64")
+def _family(dtype: torch.dtype, precision: str) -> str:
+    if dtype in (torch.float16, torch.bfloat16):
+        return "half"
+    if dtype == torch.float32:
+        return "tf32" if precision == "tf32" else "fp32"
+    return "fp64"
 
 
-def gpu_candidates(M: int, N: int, K: int, dtype: torch.dtype, heavy_epilogue: bool) -> list[TileConfig]:
+def gpu_candidates(M: int, N: int, K: int, dtype: torch.dtype, precision: str,
+                   heavy_epilogue: bool) -> list[TileConfig]:
     """The configs autotuning tries, the heuristic's pick first.
 
     Tiles much larger than the problem only add masked work: a candidate is
-    kept when its tile fits in the next power of two of M and N (the smallest
-    candidate always stays). 128x256 tiles are for light epilogues only: every
+    kept when its tile fits in the next power of two of M and N (or 32); when
+    none does, the table's smallest is used. 128x256 tiles are for light epilogues only: every
     full-tile value the epilogue keeps costs 128 registers a thread there.
     """
-    table = _TABLE[_family(dtype)]
+    table = _TABLE[_family(dtype, precision)]
     fits = [c for c in table
-            if c.BLOCK_M <= max(_pow2(M), 64) and c.BLOCK_N <= max(_pow2(N), 64)
+            if c.BLOCK_M <= max(_pow2(M), 32) and c.BLOCK_N <= max(_pow2(N), 32)
             and not (heavy_epilogue and c.BLOCK_M * c.BLOCK_N > 128 * 128)]
     return fits or [table[-1]]
 

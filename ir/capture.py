@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,9 @@ from ir.ops import DECOMPOSITIONS, OPS
 from ir.types import meta
 
 
+_TRACE_LOCK = threading.Lock()
+
+
 class CaptureError(RuntimeError):
     """torch.fx could not trace the model; the message says why."""
 
@@ -29,7 +33,8 @@ def trace(model, concrete_args: dict | None = None) -> fx.GraphModule:
     """Symbolically trace ``model`` (an nn.Module or a function of tensors),
     with ``concrete_args`` (Python values) fixed if given."""
     try:
-        return fx.symbolic_trace(model, concrete_args=concrete_args)
+        with _TRACE_LOCK:  # fx patches global functions while it traces: one at a time
+            return fx.symbolic_trace(model, concrete_args=concrete_args)
     except Exception as e:  # fx raises TraceError, TypeError, ... depending on the construct
         name = getattr(model, "__name__", type(model).__name__)
         raise CaptureError(

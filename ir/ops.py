@@ -98,7 +98,9 @@ _pointwise("sign", "common", torch.sign, lambda a, at, ct: f"sign({a[0]})",
 _pointwise("pow", "float", lambda x, exponent: torch.pow(x, exponent),
            lambda a, at, ct: pow_expr(a[0], at["exponent"]),
            lambda b, out, g, x, exponent: (
-               b.call("mul", g, b.call("mul", b.call("pow", x, exponent=exponent - 1), exponent)),),
+               b.call("mul", g, b.call("mul", b.call("pow", x, exponent=exponent - 1), exponent))
+               if exponent != 0 else  # exactly 0 as torch (x ** -1 * 0 is NaN at x = 0)
+               b.call("mul", b.call("pow", x, exponent=0), 0.0),),
            aliases=(torch.pow, operator.pow, "pow", "__pow__"), parse=lambda alias, args, kwargs: (
                _scalar_exponent(args, kwargs)),
            # every branch of pow_expr: 0, products, 1/products, sqrt, exp/log (odd, even, fractional)

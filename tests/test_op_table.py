@@ -13,6 +13,7 @@ and each alias must capture to its op (``test_alias_captures_to_its_op``).
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import zlib
 
@@ -57,10 +58,25 @@ def test_entry_is_complete(name):
         domains = d.operand_domains()
         if len(domains) != d.arity:
             missing.append(f"one domain per operand ({d.arity}), got {domains}")
+        operands = _eager_operands(d)
+        if operands is not None and operands != d.arity:
+            missing.append(f"the right arity: eager takes {operands} operands, arity says {d.arity}")
         missing += [f"known domain (not {x!r})" for x in domains if x not in SAMPLE_DOMAINS]
         if not d.sample_attrs((9, 7, 5)):
             missing.append("sample_attrs for a rank-3 input")
     assert not missing, f"op-table entry {name!r} lacks: {', '.join(missing)}"
+
+
+def _eager_operands(d) -> int | None:
+    """How many operands the eager reference takes (its required parameters that are
+    not attrs); None for builtins without a signature."""
+    try:
+        params = inspect.signature(d.eager).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    attrs = {k for a in d.sample_attrs((9, 7, 5)) for k in a}
+    return sum(1 for p in params if p.default is p.empty and p.name not in attrs
+               and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 @pytest.mark.parametrize("name", TESTED)
