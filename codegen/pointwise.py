@@ -99,7 +99,7 @@ def emit_pointwise(spec: PointwiseSpec, name: str | None = None) -> EmittedKerne
                           f"  # partial {out.op} of %{out.inputs[0].id}")
             continue
         params.append((ptr, f"%{out.id}: {out.type_str()}, written contiguous"))
-        stores.append(f"tl.store({ptr} + offs, {var[out]}.to({ptr}.dtype.element_ty), mask=mask)")
+        stores.append(f"tl.store({ptr} + offs, {store_cast(var[out], out.dtype, ptr)}, mask=mask)")
     sizes = [f"size{d}" for d in range(1, spec.rank)]
     if sizes:
         params.append((", ".join(sizes), f"iteration space [size0, {', '.join(sizes)}]; "
@@ -136,7 +136,7 @@ def emit_pointwise(spec: PointwiseSpec, name: str | None = None) -> EmittedKerne
         "import triton",
         "import triton.language as tl",
     ]
-    helpers = helpers_used(body)
+    helpers = helpers_used(body + stores)
     source = "\n".join(header) + "\n" + "".join(helpers) + "\n\n" + "\n".join(out) + "\n"
     arg_names = tuple(a.strip() for p, _ in params for a in p.split(","))
     return EmittedKernel(name, source, arg_names)
@@ -145,6 +145,13 @@ def emit_pointwise(spec: PointwiseSpec, name: str | None = None) -> EmittedKerne
 def input_name(node: Node) -> str:
     """The variable an input is loaded into: its argument name, else ``buf<id>``."""
     return _ident(node.name) if node.name and node.op in ("input", "param") else f"buf{node.id}"
+
+
+def store_cast(value: str, dtype: torch.dtype, ptr: str) -> str:
+    """``value`` converted for a store to ``ptr``: rounded once, to nearest even."""
+    if dtype == torch.bfloat16:
+        value = f"round_to_bf16({value})"
+    return f"{value}.to({ptr}.dtype.element_ty)"
 
 
 def load_cast(node: Node) -> str:

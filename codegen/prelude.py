@@ -9,11 +9,13 @@ HELPERS = {
     "sigmoid": '''
 @triton.jit
 def sigmoid(x):
-    # exp only ever sees -|x|, so nothing overflows; the result is exactly 0 or 1
-    # only where rounding says so. x >= 0: 1/(1+z); x < 0: z/(1+z), z = exp(-|x|).
+    # exp only ever sees -|x|, so nothing overflows. t = sigmoid(-|x|) = z/(1+z) with
+    # z = exp(-|x|) is accurate to a few ulps down to the subnormals; sigmoid(|x|) = 1 - t
+    # rounds once, so the result is exactly 1 (or 0) only where rounding says so
+    # (1/(1+z) gives 1 already at x = 17 in fp32, where the correct result is 1 - 2**-24).
     z = tl.exp(-tl.abs(x))
-    s = 1.0 / (1.0 + z)
-    return tl.where(x >= 0, s, z * s)
+    t = z / (1.0 + z)
+    return tl.where(x >= 0, 1.0 - t, t)
 ''',
     "sigmoid_grad": '''
 @triton.jit
@@ -63,6 +65,15 @@ def ipow(x, n: tl.constexpr):
 def sign(x):
     # -1, 0 or 1, as torch.sign computes it: (0 < x) - (x < 0), so NaN gives 0
     return tl.where(x > 0, 1, tl.where(x < 0, -1, 0)).to(x.dtype)
+''',
+    "round_to_bf16": '''
+@triton.jit
+def round_to_bf16(x):
+    # fp32 -> the nearest bf16 (ties to even), kept in fp32. The GPU's conversion does
+    # this too, but Triton's interpreter truncates; rounding explicitly makes the two agree.
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
 ''',
     "log1p": '''
 @triton.jit

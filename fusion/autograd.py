@@ -13,10 +13,12 @@ gradients are matmuls.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
-from torch.autograd.function import once_differentiable
 
 from ir.autodiff import backward_graph, differentiable
+from ir.ops import OPS
 
 
 class BackwardPlan:
@@ -25,10 +27,16 @@ class BackwardPlan:
     def __init__(self, kernel, needs: tuple):
         from fusion.plan import Plan
         g = kernel.group
+        # An input with no differentiable path to an output gets None, as in eager (not
+        # zeros); an output reached from no input needing a gradient is non-differentiable.
+        self.needs = tuple(need and _reaches(g, {x}) & set(g.outputs) != set()
+                           for x, need in zip(g.inputs, needs))
+        reached = _reaches(g, {x for x, need in zip(g.inputs, needs) if need})
+        self.differentiable_outputs = [differentiable(o) and o in reached for o in g.outputs]
         # values the kernel can keep instead of the backward recomputing them
         # (a matmul result with a large K, see fusion.matmul_kernel); none for pointwise
         keep = tuple(getattr(kernel, "keep_for_backward", ()))
-        graph = backward_graph(g.nodes, g.inputs, g.outputs, needs, saved=keep)
+        graph = backward_graph(g.nodes, g.inputs, g.outputs, self.needs, saved=keep)
         self.plan = Plan(graph, kernel.mode, role="backward")
         # which forward inputs and kept values the backward reads: only those are saved
         used = {i for grp in self.plan.groups for i in grp.inputs} | set(self.plan.graph.outputs)
@@ -51,6 +59,39 @@ class BackwardPlan:
         return self.plan.run(inputs + kept + [grads[k] for k in self.grad_outputs])
 
 
+def _reaches(group, sources: set) -> set:
+    """The group values a gradient can flow to from ``sources`` (forward direction):
+    only through differentiable ops and float operands."""
+    reached = set(sources)
+    for n in group.nodes:
+        if OPS[n.op].differentiable and any(i in reached and differentiable(i) for i in n.operands()):
+            reached.add(n)
+    return reached
+
+
+DOUBLE_BACKWARD = (b"fusion: double backward through a fused kernel is not supported: its backward "
+                   b"is a generated kernel with no derivative of its own. Compute higher-order "
+                   b"gradients with the uncompiled model.")
+
+
+def first_order_only(backward):
+    """torch's ``once_differentiable``, raising our message when a gradient of the
+    gradient is asked for. Unlike it, the results are marked whenever the graph is
+    being recorded (``create_graph=True``), even when the incoming gradients are
+    constants: otherwise the second backward fails with an unrelated "does not
+    require grad" error."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            outs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return outs
+        marked = [None if t is None else t.detach().requires_grad_(t.is_floating_point())
+                  for t in outs]
+        return torch._C._functions.DelayedError(DOUBLE_BACKWARD, len(marked))(*marked)
+    return wrapper
+
+
 class FusedKernelFunction(torch.autograd.Function):
     """Forward: the fused kernel. Backward: its generated backward kernel."""
 
@@ -62,14 +103,12 @@ class FusedKernelFunction(torch.autograd.Function):
         outs, kept = outs[:len(kernel.group.outputs)], outs[len(kernel.group.outputs):]
         ctx.bwd = bwd
         ctx.save_for_backward(*[inputs[k] for k in bwd.saved], *kept)
-        ctx.mark_non_differentiable(*[o for o, n in zip(outs, kernel.group.outputs)
-                                      if not differentiable(n)])
+        ctx.mark_non_differentiable(*[o for o, d in zip(outs, bwd.differentiable_outputs) if not d])
         return tuple(outs)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, *grads):
         bwd = ctx.bwd
         grads_in = iter(bwd.run(list(ctx.saved_tensors), list(grads)))
-        needs = ctx.needs_input_grad[1:]
-        return (None, *[next(grads_in) if need else None for need in needs])
+        return (None, *[next(grads_in) if need else None for need in bwd.needs])

@@ -70,7 +70,16 @@ def gpu_candidates(M: int, N: int, K: int, dtype: torch.dtype, precision: str,
     fits = [c for c in table
             if c.BLOCK_M <= max(_pow2(M), 32) and c.BLOCK_N <= max(_pow2(N), 32)
             and not (heavy_epilogue and c.BLOCK_M * c.BLOCK_N > 128 * 128)]
-    return fits or [table[-1]]
+    return [_fit_k(c, K) for c in fits or [table[-1]]]
+
+
+def _fit_k(c: TileConfig, K: int) -> TileConfig:
+    """A short K (a head dim, a small layer) needs neither a deep BLOCK_K nor more
+    pipeline stages than it has K steps: both would only hold registers and shared memory."""
+    block_k = min(c.BLOCK_K, max(16, _pow2(K)))
+    steps = -(-K // block_k)
+    return TileConfig(c.BLOCK_M, c.BLOCK_N, block_k, c.GROUP_M, c.num_warps,
+                      min(c.num_stages, max(2, steps)))
 
 
 def interpreter_config(M: int, N: int, K: int) -> TileConfig:

@@ -4,8 +4,9 @@ Pointwise nodes are grown into maximal groups: working from the outputs
 back, a node joins the groups of its users when the shapes agree (the
 group's iteration space), or, when its shape is smaller and broadcasts into
 it, when every user is in that one group (it is then recomputed per element
-instead of written and re-read). Merges that would close a cycle through an
-outside node are refused. A matmul whose result such a group reads (at the
+instead of written and re-read). Independent groups of one shape then merge
+(siblings: the gradients of a backward). Merges that would close a cycle
+through an outside node are refused. A matmul whose result such a group reads (at the
 matmul's shape) then anchors it: the group becomes one matmul kernel with the
 pointwise ops as its epilogue (kind "matmul"). Every other node is a group of
 its own; a matmul with no pointwise consumer stays a torch call.
@@ -117,6 +118,7 @@ def partition(graph: Graph) -> list[Group]:
                 break
 
     order = {n: i for i, n in enumerate(graph.nodes)}
+    _merge_siblings(members, shape_of, group_of, anchored, users, order)
     groups: list[Group] = []
     for n in graph.nodes:
         if n in group_of:
@@ -141,6 +143,27 @@ def anchors_epilogue(n: Node) -> bool:
     form = OPS[n.op].form
     return all(isinstance(x, Node) and x.dtype == n.dtype and len(x.shape) >= 2
                for x in (n.inputs[form.a], n.inputs[form.b]))
+
+
+def _merge_siblings(members: dict, shape_of: dict, group_of: dict, skip: set, users: dict,
+                    order: dict) -> None:
+    """Independent pointwise groups of one iteration shape become one group when no
+    path runs between them: a backward that writes several input gradients is then one
+    kernel reading each saved input once, not one kernel per gradient."""
+    plain = sorted((gid for gid in members if gid not in skip
+                    and all(kind_of(m) == "pointwise" for m in members[gid])),
+                   key=lambda gid: min(order[m] for m in members[gid]))
+    kept: list[int] = []
+    for gid in plain:
+        for target in kept:
+            if shape_of[target] == shape_of[gid] and _acyclic({*members[target], *members[gid]}, users):
+                for m in members.pop(gid):
+                    group_of[m] = target
+                    members[target].append(m)
+                del shape_of[gid]
+                break
+        else:
+            kept.append(gid)
 
 
 def _broadcasts(small: tuple, big: tuple) -> bool:

@@ -55,6 +55,8 @@ def backward_graph(nodes: list[Node], inputs: list[Node], outputs: list[Node],
         for x, c in zip(n.inputs, contribs):
             if c is None or not isinstance(x, Node) or not differentiable(x):
                 continue
+            if c.dtype != x.dtype:  # as autograd: each gradient in its input's dtype
+                c = b.call("cast", c, dtype=x.dtype)
             grad[x] = c if x not in grad else b.call("add", grad[x], c)
 
     outs = []

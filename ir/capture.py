@@ -37,10 +37,11 @@ def trace(model, concrete_args: dict | None = None) -> fx.GraphModule:
             return fx.symbolic_trace(model, concrete_args=concrete_args)
     except Exception as e:  # fx raises TraceError, TypeError, ... depending on the construct
         name = getattr(model, "__name__", type(model).__name__)
+        hint = (" Data-dependent control flow (if/while on tensor values) cannot be captured."
+                if "control flow" in str(e) or "iterated" in str(e) else "")
         raise CaptureError(
-            f"fusion: torch.fx cannot trace {name}: {type(e).__name__}: {e}. "
-            "Data-dependent control flow (if/while on tensor values) cannot be captured; "
-            "pass fallback='eager' to run such a model eagerly.") from e
+            f"fusion: torch.fx cannot trace {name}: {type(e).__name__}: {e}.{hint} "
+            "Pass fallback='eager' to run such a model eagerly.") from e
 
 
 def _alias_table() -> dict:

@@ -155,7 +155,7 @@ _pointwise("tanh", "float", torch.tanh, lambda a, at, ct: f"tanh({a[0]})",
            lambda b, out, g, x: (b.call("mul", g, b.call("sub", 1.0, b.call("mul", out, out))),),
            aliases=(torch.tanh, F.tanh, "tanh", torch.nn.Tanh))
 _pointwise("relu", "common", torch.relu, lambda a, at, ct: f"tl.where({a[0]} < 0, 0, {a[0]})",
-           lambda b, out, g, x: (b.call("where", b.call("gt", x, 0), g, 0.0),),
+           lambda b, out, g, x: (b.call("where", b.call("le", x, 0), 0.0, g),),
            aliases=(torch.relu, F.relu, "relu", torch.nn.ReLU), parse=_no_kwargs_but("inplace"))
 _pointwise("silu", "float", F.silu, lambda a, at, ct: f"{a[0]} * sigmoid({a[0]})",
            lambda b, out, g, x: (b.call("mul", g, b.call(
@@ -381,6 +381,8 @@ def cast_expr(x: str, dtype: torch.dtype) -> str:
         # through fp32 as torch does (c10::Half/BFloat16 are built from a float), so fp64 and
         # int sources round exactly like eager; Triton's interpreter also miscasts fp64/int
         # straight to bf16 (it reinterprets the value as uint16)
+        if dtype == torch.bfloat16:
+            return f"round_to_bf16({x}.to(tl.float32))"
         return f"{x}.to(tl.float32).to({triton_type(dtype)}).to({compute_type(dtype)})"
     return f"{x}.to({compute_type(dtype)})"
 

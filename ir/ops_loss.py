@@ -50,7 +50,7 @@ def _bce_vjp(b, out, g, p, y):
 
 op("bce", "pointwise", elementwise("float"),
    lambda p, y: F.binary_cross_entropy(p, y, reduction="none"), _bce_vjp,
-   triton=lambda a, at, ct: f"bce({a[0]}, {a[1]})", promotion="float", domain="probability")
+   triton=lambda a, at, ct: f"bce({a[0]}, {a[1]})", promotion="float", domain="probability", arity=2)
 
 def _sigmoid_minus(b, z, y):
     """sigmoid(z) - y without cancellation: for z >= 0 it is (1 - y) - sigmoid(-z),
@@ -63,7 +63,8 @@ def _sigmoid_minus(b, z, y):
 op("bce_logits", "pointwise", elementwise("float"),
    lambda z, y: F.binary_cross_entropy_with_logits(z, y, reduction="none"),
    lambda b, out, g, z, y: (b.call("mul", g, _sigmoid_minus(b, z, y)), b.call("mul", g, b.call("neg", z))),
-   triton=lambda a, at, ct: f"bce_logits({a[0]}, {a[1]})", promotion="float")
+   triton=lambda a, at, ct: f"bce_logits({a[0]}, {a[1]})", promotion="float", arity=2,
+   domain=("real", "probability"))
 
 
 def _bce_decomposition(elementwise_op):

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from fusion.backend import mode_for
+from fusion.backend import INTERPRETER, mode_for
 from fusion.plan import Plan
 from ir.graph import Graph
 from ir.ops import OPS
@@ -34,8 +34,14 @@ TOL = {torch.float64: dict(rtol=1e-7, atol=1e-7), torch.float32: dict(rtol=1.3e-
        torch.float16: dict(rtol=1e-3, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5)}
 
 
-def ulp(dtype: torch.dtype) -> float:
-    return torch.finfo(dtype).eps
+INTERPRETED = mode_for(DEVICE) == INTERPRETER
+
+
+def one_ulp(exact: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of ``dtype`` numbers at each value of ``exact`` (float64)."""
+    info = torch.finfo(dtype)
+    mag = exact.abs().clamp(min=info.tiny)
+    return info.eps * torch.exp2(torch.floor(torch.log2(mag)))
 
 
 def sample(domain: str, shape, dtype: torch.dtype, gen: torch.Generator, *, kinks: bool = True,

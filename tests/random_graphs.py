@@ -1,0 +1,266 @@
+"""Random programs from the op table, run compiled and eager, compared.
+
+A program is a list of steps over a growing list of values; every step is an
+op-table entry's eager callable, so fx captures exactly the torch spellings
+the table maps. Programs mix pointwise chains with fan-out, broadcasting,
+views (unsqueeze, expand, narrow, transpose), comparisons feeding ``where``,
+casts, Python scalars and matmuls whose results feed the chain; inputs are
+non-contiguous at random; values include the extremes (±88.7, ±1e4, ±inf,
+NaN, zeros, denormals).
+
+Used by tests/test_random_graphs.py (hypothesis: bounded, shrinking) and by
+tools/fuzz_graphs.py (any number of seeded programs).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+import fusion
+from ir.ops import OPS
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+EXTREMES = (88.7, -88.7, 89.0, -89.0, 1e4, -1e4, math.inf, -math.inf, math.nan, 0.0, -0.0, 17.0, -17.0)
+SIZES = (1, 3, 5, 7, 13, 16)
+UNARY = [n for n, d in OPS.items() if d.kind == "pointwise" and not d.internal and d.arity == 1
+         and d.operand_domains()[0] != "bool" and not d.sample_attrs(()) == ()]
+BINARY = [n for n, d in OPS.items() if d.kind == "pointwise" and not d.internal and d.arity == 2
+          and d.differentiable and "probability" not in d.operand_domains()]
+TENSORS_ONLY = ("maximum", "minimum")  # torch refuses Python scalars there
+COMPARE = [n for n, d in OPS.items() if d.kind == "pointwise" and d.arity == 2 and not d.differentiable]
+
+# dtype-aware tolerances: an element passes when it is close to eager in its own
+# dtype OR to eager in float64 (we compute half types in fp32: often closer to the
+# latter). Non-finite results must match one of the two exactly (NaN == NaN).
+RTOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+@dataclass
+class Program:
+    """Values in creation order: inputs ("input", shape, layout) of one dtype and
+    steps ("step", op, refs, attrs), a ref being a value index or ("const", v)."""
+    dtype: torch.dtype
+    shape: tuple
+    values: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)    # value indices returned
+    grads: list = field(default_factory=list)      # input numbers (0, 1, ...) that require grad
+    extremes: float = 0.0                          # fraction of extreme values
+
+    @property
+    def tol_dtype(self) -> torch.dtype:
+        """The least precise float type the program computes in (casts included)."""
+        casts = [v[3]["dtype"] for v in self.values if v[0] == "step" and v[1] == "cast"]
+        return max([self.dtype] + casts, key=lambda d: RTOL[d])
+
+    @property
+    def inputs(self) -> list:
+        return [(v[1], v[2]) for v in self.values if v[0] == "input"]
+
+    def describe(self) -> str:
+        lines = [f"dtype={self.dtype} shape={self.shape} grads={self.grads} extremes={self.extremes}"]
+        n = 0
+        for k, v in enumerate(self.values):
+            if v[0] == "input":
+                lines.append(f"  v{k} = input {n}: {list(v[1])} {v[2]}")
+                n += 1
+            else:
+                _, op, refs, attrs = v
+                args = [f"v{r}" if isinstance(r, int) else repr(r[1]) for r in refs]
+                args += [f"{a}={x}" for a, x in attrs.items()]
+                lines.append(f"  v{k} = {op}({', '.join(args)})")
+        lines.append(f"  return {', '.join(f'v{o}' for o in self.outputs)}")
+        return "\n".join(lines)
+
+
+def generate(choose, n_steps: int) -> Program:
+    """Build a program; ``choose(name, options)`` picks one option (hypothesis or random)."""
+    dtype = choose("dtype", DTYPES)
+    rank = choose("rank", (1, 2, 2, 3))
+    shape = tuple(choose(f"size{d}", SIZES) for d in range(rank))
+    prog = Program(dtype, shape, extremes=choose("extremes", (0.0, 0.0, 0.1, 0.3)))
+    shapes: list[tuple] = []     # shape of every value so far
+    kinds: list[str] = []        # "float" or "bool"
+
+    def new_input(in_shape, layout="contiguous", kind="float"):
+        prog.values.append(("input", in_shape, layout))
+        shapes.append(in_shape)
+        kinds.append(kind)  # "operand": a matmul or narrow source, not for broadcasting ops
+        return len(shapes) - 1
+
+    def broadcast_variant():
+        # the full shape, or with some dimensions 1 or dropped: all broadcast to ``shape``
+        drop = choose("drop", (0, 0, 0, 1)) if rank > 1 else 0
+        return tuple(1 if choose(f"one{d}", (False, False, True)) else s
+                     for d, s in enumerate(shape))[drop:]
+
+    for _ in range(choose("n_inputs", (1, 2, 3))):
+        new_input(broadcast_variant(), choose("layout", ("contiguous", "contiguous", "transposed", "sliced")))
+
+    def add_step(op, refs, attrs, out_shape, kind="float"):
+        prog.values.append(("step", op, refs, attrs))
+        shapes.append(out_shape)
+        kinds.append(kind)
+        return len(shapes) - 1
+
+    def pick_value(kind="float"):
+        return choose("operand", [i for i, k in enumerate(kinds) if k == kind][-4:])
+
+    for _ in range(n_steps):
+        what = choose("step", ("unary", "unary", "binary", "binary", "scalar", "where", "view", "matmul", "cast"))
+        if what == "unary":
+            op = choose("unary", UNARY)
+            attrs = choose("attrs", OPS[op].sample_attrs(shape)) if OPS[op].sample_attrs(shape) else {}
+            if op == "cast":
+                continue
+            x = pick_value()
+            add_step(op, [x], attrs, shapes[x])
+        elif what in ("binary", "scalar"):
+            op = choose("binary", [b for b in BINARY if what == "binary" or b not in TENSORS_ONLY])
+            x = pick_value()
+            y = ("const", choose("const", (2.0, -0.5, 3, 0.0))) if what == "scalar" else pick_value()
+            if op == "div" and isinstance(y, tuple) and y[1] == 0.0:
+                y = ("const", 2.0)
+            out = _broadcast(shapes[x], shapes[y] if isinstance(y, int) else ())
+            add_step(op, [y, x] if choose("swap", (False, True)) and isinstance(y, int) else [x, y], {}, out)
+        elif what == "where":
+            a, b = pick_value(), pick_value()
+            cond = add_step(choose("compare", COMPARE), [a, b], {}, _broadcast(shapes[a], shapes[b]), "bool")
+            x, y = pick_value(), ("const", 0.0) if choose("where_const", (False, True)) else pick_value()
+            out = _broadcast(shapes[cond], shapes[x], shapes[y] if isinstance(y, int) else ())
+            add_step("where", [cond, x, y], {}, out)
+        elif what == "cast":
+            x = pick_value()
+            other = choose("cast_to", [d for d in DTYPES if d != dtype])
+            y = add_step("cast", [x], {"dtype": other}, shapes[x])
+            add_step("cast", [y], {"dtype": dtype}, shapes[x])
+        elif what == "view":
+            view = choose("view", ("unsqueeze", "expand", "narrow", "transpose"))
+            x = pick_value()
+            if view == "unsqueeze":
+                add_step("unsqueeze", [x], {"dim": 0}, (1,) + shapes[x])
+            elif view == "expand":
+                add_step("expand", [x], {"shape": _broadcast(shapes[x], shape)}, _broadcast(shapes[x], shape))
+            elif view == "narrow" and shapes[x] and shapes[x][-1] == shape[-1]:
+                wide = new_input(shapes[x][:-1] + (shapes[x][-1] + 3,), kind="operand")
+                add_step("narrow", [wide], {"dim": -1, "start": 2, "length": shape[-1]}, shapes[x])
+            elif view == "transpose" and len(shapes[x]) >= 2 and shapes[x][-1] == shapes[x][-2]:
+                add_step("transpose", [x], {"dim0": -1, "dim1": -2}, shapes[x])
+        elif what == "matmul" and rank >= 2:
+            k = choose("k", (1, 4, 9))
+            a = new_input(shape[:-1] + (k,), kind="operand")
+            b = new_input(shape[:-2] + (shape[-1], k), kind="operand")  # used as b.T: strided
+            bt = add_step("transpose", [b], {"dim0": -1, "dim1": -2}, shape[:-2] + (k, shape[-1]),
+                          kind="operand")
+            add_step("matmul", [a, bt], {}, shape)
+    outs = [i for i, k in enumerate(kinds) if k == "float"][-2:]
+    prog.outputs = outs
+    prog.grads = [i for i in range(len(prog.inputs)) if choose(f"grad{i}", (True, False))]
+    return prog
+
+
+def _broadcast(*shapes):
+    return tuple(torch.broadcast_shapes(*shapes))
+
+
+def make_fn(prog: Program):
+    """The program as a plain Python function of its input tensors (fixed arity:
+    torch.fx cannot trace ``*args``)."""
+    def run(*xs):
+        vals, inputs = [], iter(xs)
+        for v in prog.values:
+            if v[0] == "input":
+                vals.append(next(inputs))
+            else:
+                _, op, refs, attrs = v
+                args = [vals[r] if isinstance(r, int) else r[1] for r in refs]
+                vals.append(OPS[op].eager(*args, **attrs))
+        return tuple(vals[i] for i in prog.outputs)
+    names = ", ".join(f"x{i}" for i in range(len(prog.inputs)))
+    scope = {"run": run}
+    exec(f"def program({names}):\n    return run({names})\n", scope)
+    return scope["program"]
+
+
+def make_inputs(prog: Program, gen: torch.Generator, dtype=None):
+    dtype = dtype or prog.dtype
+    xs = []
+    for shape, layout in prog.inputs:
+        full = shape if layout == "contiguous" or not shape else (
+            shape[:-1] + (2 * shape[-1],) if layout == "sliced" else tuple(reversed(shape)))
+        x = torch.randn(full, generator=gen, dtype=torch.float64)
+        if prog.extremes:
+            pool = torch.tensor(EXTREMES + (1e-40, -1e-40), dtype=torch.float64)
+            pick = torch.randint(len(pool), full, generator=gen)
+            x = torch.where(torch.rand(full, generator=gen) < prog.extremes, pool[pick], x)
+        x = x.to(prog.dtype)  # the program's own rounding, identical for every run
+        if prog.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+            # Triton's interpreter converts bf16 subnormals to fp32 wrongly (3e-39 -> 3.7e-40);
+            # the GPU does not. Keep them out of interpreter runs.
+            x = torch.where(x.abs() < torch.finfo(torch.bfloat16).tiny, torch.zeros_like(x), x)
+        if layout == "sliced" and shape:
+            x = x[..., ::2]
+        elif layout == "transposed" and shape:
+            x = x.permute(*reversed(range(len(shape))))
+        xs.append(x.to(dtype))
+    return xs
+
+
+def check(prog: Program, seed: int = 0) -> tuple[int, str]:
+    """Compile and compare forward and backward with eager. Returns (kernels, problem or "")."""
+    fn = make_fn(prog)
+    compiled = fusion.compile(fn)
+    ours_in = make_inputs(prog, torch.Generator().manual_seed(seed))
+    ref_in = make_inputs(prog, torch.Generator().manual_seed(seed))
+    wide_in = make_inputs(prog, torch.Generator().manual_seed(seed), torch.float64)
+    for i in prog.grads:
+        for xs in (ours_in, ref_in, wide_in):
+            xs[i].requires_grad_()
+    ours, ref, wide = compiled(*ours_in), fn(*ref_in), fn(*wide_in)
+    for k, (o, r, w) in enumerate(zip(ours, ref, wide)):
+        if o.dtype != r.dtype or o.shape != r.shape:
+            return 0, f"output {k}: {o.dtype}{list(o.shape)} vs eager {r.dtype}{list(r.shape)}"
+        problem = compare(o, r, w, prog.tol_dtype)
+        if problem:
+            return 0, f"output {k}: {problem}"
+    kernels = sum(len(k.variants) for p in compiled._plans.values() for k in p.kernels.values())
+    diff = [(o, r, w) for o, r, w in zip(ours, ref, wide) if o.requires_grad]
+    if diff and prog.grads:
+        weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+                   for o, _, _ in diff]
+        grads = []
+        for outs, xs in ((tuple(d[0] for d in diff), ours_in), (tuple(d[1] for d in diff), ref_in),
+                         (tuple(d[2] for d in diff), wide_in)):
+            leaves = [xs[i] for i in prog.grads]
+            grads.append(torch.autograd.grad(outs, leaves, [w.to(o.dtype) for w, o in zip(weights, outs)],
+                                             allow_unused=True))
+        for i, (o, r, w) in zip(prog.grads, zip(*grads)):
+            if (o is None) != (r is None):
+                return kernels, f"grad of input {i}: None vs {r is None}"
+            if o is not None:
+                problem = compare(o, r, w, prog.tol_dtype, grad=True)
+                if problem:
+                    return kernels, f"grad of input {i}: {problem}"
+    return kernels, ""
+
+
+def compare(ours, eager, wide, dtype, grad=False) -> str:
+    """Elementwise: close to eager in ``dtype`` or to eager in float64; "" when all pass."""
+    o, e, w = ours.detach().double(), eager.detach().double(), wide.detach().double()
+    rtol = RTOL[dtype] * (8 if grad else 1)  # dtype: the least precise type the program uses
+    finite = torch.isfinite(w) & torch.isfinite(e)
+    scale = w[finite].abs().mean().item() if finite.any() else 1.0
+    atol = rtol * (1.0 + scale)
+
+    def close(a, b):
+        same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+        return same | ((a - b).abs() <= atol + rtol * b.abs())
+
+    ok = close(o, e) | close(o, w)
+    if bool(ok.all()):
+        return ""
+    bad = (~ok).nonzero()[0].tolist()
+    return (f"{int((~ok).sum())} of {ok.numel()} elements differ; first at {bad}: ours {o[tuple(bad)].item()!r}"
+            f" eager {e[tuple(bad)].item()!r} float64 {w[tuple(bad)].item()!r}")
