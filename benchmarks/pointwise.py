@@ -85,39 +85,41 @@ def measure(name: str, passes: str, dtype, n: int, providers: list[str], quick: 
 
 def run_sweep(res: Results, sizes: list[int], providers: list[str], budget: Budget,
               quick: bool, dtypes: list[str]) -> list[dict]:
+    """Every configuration at the largest size first, then the next size down, so that
+    a time budget cuts small sizes (launch-bound, least telling) rather than whole tables."""
+    configs = [(name, passes, dname) for name in WORKLOADS for passes in ("forward", "fwd+bwd")
+               for dname in dtypes]
+    got = {}
+    for n in sorted(sizes, reverse=True):
+        for name, passes, dname in configs:
+            if not budget.spent():
+                got[(name, passes, dname, n)] = measure(name, passes, DTYPES[dname], n, providers, quick)
     panels = []
-    for name in WORKLOADS:
-        for passes in ("forward", "fwd+bwd"):
-            target = TARGETS["pointwise fwd / clone GB/s" if passes == "forward"
-                             else "pointwise fwd+bwd / clone GB/s"]
-            for dname in dtypes:
-                rows, series, notes = [], {p: [] for p in ["x.clone()"] + providers}, set()
-                for n in sizes:
-                    if budget.spent():
-                        rows.append([size_label(n), "skipped: time budget"] + [""] * (len(series) + 1))
-                        for p in series:
-                            series[p].append(None)
-                        continue
-                    got = measure(name, passes, DTYPES[dname], n, providers, quick)
-                    frac = (got["ours"][0] / got["x.clone()"][0]
-                            if got["ours"][0] and got["x.clone()"][0] else None)
-                    rows.append([size_label(n)] + [got[p][0] for p in series]
-                                + [frac, target.check(frac).split(": ")[1]])
-                    for p in series:
-                        series[p].append(got[p][0])
-                        if got[p][1]:
-                            notes.add(f"{p}: {got[p][1]}")
-                config = f"{name} {passes} {dname}"
-                res.add_table(f"{config}: GB/s", ["elements"] + list(series)
-                              + ["ours / clone", f"target {target.text()}"], rows,
-                              "; ".join(sorted(notes)))
-                done = [r for r in rows if isinstance(r[-2], float)]
-                if done:
-                    last = done[-1]
-                    res.add_summary("pointwise GB/s, ours / clone", f"{config} {last[0]}",
-                                    f"{last[-2]:.3f}", target.check(last[-2]))
-                panels.append({"title": config, "x": sizes, "series": series,
-                               "xlabel": "elements", "ylabel": "GB/s"})
+    for name, passes, dname in configs:
+        target = TARGETS["pointwise fwd / clone GB/s" if passes == "forward"
+                         else "pointwise fwd+bwd / clone GB/s"]
+        rows, series, notes = [], {p: [] for p in ["x.clone()"] + providers}, set()
+        for n in sizes:
+            m = got.get((name, passes, dname, n))
+            if m is None:
+                rows.append([size_label(n), "skipped: time budget"])
+                for p in series:
+                    series[p].append(None)
+                continue
+            frac = m["ours"][0] / m["x.clone()"][0] if m["ours"][0] and m["x.clone()"][0] else None
+            rows.append([size_label(n)] + [m[p][0] for p in series] + [frac, target.check(frac).split(": ")[1]])
+            for p in series:
+                series[p].append(m[p][0])
+                if m[p][1]:
+                    notes.add(f"{p}: {m[p][1]}")
+        config = f"{name} {passes} {dname}"
+        res.add_table(f"{config}: GB/s", ["elements"] + list(series) + ["ours / clone", f"target {target.text()}"],
+                      rows, "; ".join(sorted(notes)))
+        done = [r for r in rows if len(r) > 2 and isinstance(r[-2], float)]
+        if done:
+            res.add_summary("pointwise GB/s, ours / clone", f"{config} {done[-1][0]}",
+                            f"{done[-1][-2]:.3f}", target.check(done[-1][-2]))
+        panels.append({"title": config, "x": sizes, "series": series, "xlabel": "elements", "ylabel": "GB/s"})
     return panels
 
 

@@ -34,16 +34,19 @@ class TileConfig:
 
 
 # Candidates per dtype, best first for large problems (registers a thread, checked
-# with compile_for for the attention-gating kernel: see tests/test_matmul_ptx.py).
+# with compile_for on the attention-gating kernels: see tests/test_matmul_ptx.py).
 # Half types and tf32 feed tensor cores (wgmma on sm_90, mma.sync on sm_80); 128x128
-# tiles use 8 warps so the accumulator (64 fp32 registers a thread) leaves room for
-# the epilogue. fp32 without tf32 runs on FMA units, whose 128-wide tiles reach
-# 254 registers: 64x64. fp64 uses mma.sync (DMMA) on both; 64x64 reaches 252: 32x32.
+# tiles use 8 warps: 64 accumulator values a thread, 128-180 registers for a light
+# epilogue. A heavy one (a backward's gradient chain) reached 255 on sm_80 there, so
+# heavy epilogues keep to 32 values a thread (128x64 on 8 warps: 128 registers).
+# fp32 without tf32 runs on FMA units, whose 128-wide tiles reach 254 registers:
+# 64x64. fp64 uses mma.sync (DMMA) on both archs; 64x64 reaches 252: 32x32 first.
 _TABLE = {
     "half": [TileConfig(128, 128, 64, 8, 8, 3), TileConfig(128, 256, 64, 8, 8, 3),
-             TileConfig(128, 64, 64, 8, 4, 4), TileConfig(64, 64, 64, 8, 4, 4)],
-    "tf32": [TileConfig(128, 128, 32, 8, 8, 3), TileConfig(128, 64, 32, 8, 4, 4),
-             TileConfig(64, 64, 32, 8, 4, 4)],
+             TileConfig(128, 64, 64, 8, 8, 3), TileConfig(128, 64, 64, 8, 4, 4),
+             TileConfig(64, 64, 64, 8, 4, 4)],
+    "tf32": [TileConfig(128, 128, 32, 8, 8, 3), TileConfig(128, 64, 32, 8, 8, 3),
+             TileConfig(128, 64, 32, 8, 4, 4), TileConfig(64, 64, 32, 8, 4, 4)],
     "fp32": [TileConfig(64, 64, 32, 8, 4, 3), TileConfig(64, 32, 32, 8, 4, 3)],
     "fp64": [TileConfig(32, 32, 16, 8, 4, 3), TileConfig(64, 64, 16, 8, 8, 3)],
 }
@@ -63,13 +66,14 @@ def gpu_candidates(M: int, N: int, K: int, dtype: torch.dtype, precision: str,
 
     Tiles much larger than the problem only add masked work: a candidate is
     kept when its tile fits in the next power of two of M and N (or 32); when
-    none does, the table's smallest is used. 128x256 tiles are for light epilogues only: every
-    full-tile value the epilogue keeps costs 128 registers a thread there.
+    none does, the table's smallest is used. A heavy epilogue (many ops or
+    full-tile inputs) keeps to tiles of at most 32 values a thread: each value
+    it holds costs that many registers.
     """
     table = _TABLE[_family(dtype, precision)]
     fits = [c for c in table
             if c.BLOCK_M <= max(_pow2(M), 32) and c.BLOCK_N <= max(_pow2(N), 32)
-            and not (heavy_epilogue and c.BLOCK_M * c.BLOCK_N > 128 * 128)]
+            and not (heavy_epilogue and c.BLOCK_M * c.BLOCK_N > 32 * 32 * c.num_warps)]
     return [_fit_k(c, K) for c in fits or [table[-1]]]
 
 

@@ -270,9 +270,13 @@ def test_tile_heuristics():
     assert interpreter_config(37, 53, 19).constexprs == {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32,
                                                          "GROUP_M": 8}
     big = gpu_candidates(4096, 4096, 64, torch.float16, "ieee", heavy_epilogue=False)
-    assert (big[0].BLOCK_M, big[0].BLOCK_N, big[0].num_warps) == (128, 128, 8) and len(big) == 4
-    heavy = gpu_candidates(4096, 4096, 64, torch.float16, "ieee", heavy_epilogue=True)
-    assert all(c.BLOCK_M * c.BLOCK_N <= 128 * 128 for c in heavy)
+    assert (big[0].BLOCK_M, big[0].BLOCK_N, big[0].num_warps) == (128, 128, 8) and len(big) == 5
+    assert big[0].num_stages == 2  # K = 64 is one BLOCK_K step: no deeper pipeline
+    heavy = gpu_candidates(4096, 4096, 4096, torch.float16, "ieee", heavy_epilogue=True)
+    assert heavy and all(c.BLOCK_M * c.BLOCK_N <= 32 * 32 * c.num_warps for c in heavy)
+    assert heavy[0].num_stages == 3
+    assert gpu_candidates(512, 512, 512, torch.float32, "tf32", False)[0].BLOCK_M == 128
+    assert gpu_candidates(512, 512, 512, torch.float32, "ieee", False)[0].BLOCK_M == 64
     small = gpu_candidates(8, 1, 10, torch.float32, "ieee", heavy_epilogue=False)
     assert len(small) == 1 and small[0].BLOCK_M <= 64
 
