@@ -32,9 +32,10 @@ MARKER = "<!-- GPU runs: newest first; `python benchmarks/run_all.py --record DI
 SCRIPTS = {
     "pointwise": (90, 900, None),
     "gating": (120, 1200, None),
-    "compile_latency": (75, 600, 600),
+    "compile_latency": (75, 600, 1200),
     "overhead": (35, 120, 120),
     "cpu_report": (None, 300, 300),
+    "matmul_recompute": (None, 600, None),
 }
 
 

@@ -43,14 +43,16 @@ def compile_for(path: str, name: str, example: list, arch: str = "sm_90",
     """Compile kernel ``name`` of the file at ``path`` for ``arch``.
 
     ``example`` gives each argument in order: ``("ptr", dtype)``,
-    ``("int", value)``, or ``("const", value)`` for an integer the JIT
-    compiles in (it does so for 1: a unit stride); ``constexprs`` the
-    compile-time arguments.
+    ``("int", value)`` (specialised as the JIT does: 1 is compiled in, a
+    multiple of 16 gets the divisibility attribute), or ``("const", value)``
+    for an integer the JIT compiles in; ``constexprs`` the compile-time
+    arguments.
     """
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    _undo_interpreter_leaks()
     fn = _load_jit(Path(path), name)
     constexprs = dict(constexprs or {"BLOCK_SIZE": 1024})
     names = list(fn.arg_names)
@@ -59,11 +61,11 @@ def compile_for(path: str, name: str, example: list, arch: str = "sm_90",
         if kind == "ptr":
             signature[names[i]] = "*" + _SIG[value]
             attrs[(i,)] = [["tt.divisibility", 16]]
-        elif kind == "const":
-            constexprs[names[i]] = value
+        elif kind == "const" or value == 1:
+            constexprs[names[i]] = value  # the JIT compiles an integer equal to 1 in
         else:
             signature[names[i]] = "i64" if abs(value) >= 2**31 else "i32"
-            if value % 16 == 0 and value != 0:
+            if value % 16 == 0:  # 0 included: the JIT marks it divisible by 16 too
                 attrs[(i,)] = [["tt.divisibility", 16]]
     for k in constexprs:
         signature[k] = "constexpr"
@@ -77,6 +79,34 @@ def compile_for(path: str, name: str, example: list, arch: str = "sm_90",
     regs, local, shared = _resource_usage(compiled.asm["cubin"])
     return GpuCompileReport(arch, compiled.asm["ptx"], regs, local,
                             max(shared, int(getattr(compiled.metadata, "shared", 0) or 0)))
+
+
+def _undo_interpreter_leaks() -> None:
+    """Put back what Triton 3.9's interpreter left patched in ``triton.language.core``.
+
+    A kernel that calls a library ``@jit`` function in the interpreter (``tl.sum``,
+    ``tl.zeros``, ``tl.cdiv``: their module imports ``core``) patches ``core``'s
+    builtins for that call and never restores them; the compiler would then run the
+    interpreter's versions ("'value' object has no attribute 'dtype'"). The
+    originals are ``triton.language``'s own names (re-exported from ``core``, and
+    restored there), or the ``member`` a patched builtin closes over.
+    """
+    import functools
+
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    def patched(v) -> bool:
+        fn = v.func if isinstance(v, functools.partial) else v
+        return getattr(fn, "__module__", None) == interpreter.__name__
+    for name, value in list(vars(tl.core).items()):
+        if not patched(value):
+            continue
+        original = getattr(tl, name, None)
+        if original is None or patched(original):
+            original = (getattr(value, "__defaults__", None) or (None,))[0]
+        if original is not None:
+            setattr(tl.core, name, original)
 
 
 def _load_jit(path: Path, name: str):

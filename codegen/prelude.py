@@ -6,6 +6,43 @@ file stands alone and reads top to bottom.
 import re
 
 HELPERS = {
+    "accurate_exp": '''
+@triton.jit
+def accurate_exp(x):
+    # exp to ~1 ulp in fp32 on the GPU as in the interpreter, subnormal results kept:
+    # tl.exp there is ex2.approx(x * log2 e), whose rounded argument costs up to ~40 ulp
+    # at |x| = 88, and libdevice's expf flushes subnormals. Cody-Waite reduction
+    # x = k ln2 + r (k ln2_hi is exact), Cephes' polynomial for exp(r) on |r| <= ln2/2,
+    # then 2^k applied in two exact halves so a subnormal result is rounded only once.
+    if x.dtype == tl.float64:
+        return tl.exp(x)
+    else:
+        # beyond [-104, 89] the fp32 result is 0 or inf anyway; NaN stays NaN
+        x = tl.minimum(tl.maximum(x, -104.0, propagate_nan=tl.PropagateNan.ALL), 89.0,
+                       propagate_nan=tl.PropagateNan.ALL)
+        k = tl.floor(x * 1.4426950408889634 + 0.5)
+        r = x - k * 0.693145751953125
+        r = r - k * 1.4286067653e-06
+        p = 1.9875691500e-4
+        p = p * r + 1.3981999507e-3
+        p = p * r + 8.3334519073e-3
+        p = p * r + 4.1665795894e-2
+        p = p * r + 1.6666665459e-1
+        p = p * r + 5.0000001201e-1
+        p = p * r * r + r + 1.0
+        half = tl.floor(k * 0.5)
+        return p * tl.exp2(half) * tl.exp2(k - half)
+''',
+    "precise_div": '''
+@triton.jit
+def precise_div(a, b):
+    # correctly rounded fp32 division (div.rn) rather than the ~2 ulp div.full;
+    # b is always a tensor here (a may be a Python constant)
+    if b.dtype == tl.float32:
+        return tl.div_rn(a, b)
+    else:
+        return a / b
+''',
     "sigmoid": '''
 @triton.jit
 def sigmoid(x):
@@ -13,8 +50,8 @@ def sigmoid(x):
     # z = exp(-|x|) is accurate to a few ulps down to the subnormals; sigmoid(|x|) = 1 - t
     # rounds once, so the result is exactly 1 (or 0) only where rounding says so
     # (1/(1+z) gives 1 already at x = 17 in fp32, where the correct result is 1 - 2**-24).
-    z = tl.exp(-tl.abs(x))
-    t = z / (1.0 + z)
+    z = accurate_exp(-tl.abs(x))
+    t = precise_div(z, 1.0 + z)
     return tl.where(x >= 0, 1.0 - t, t)
 ''',
     "sigmoid_grad": '''
@@ -22,8 +59,8 @@ def sigmoid(x):
 def sigmoid_grad(x):
     # d sigmoid/dx = z / (1+z)^2 with z = exp(-|x|): accurate in both tails,
     # where sigmoid(x) * (1 - sigmoid(x)) rounds to 0 (x >= 17 in fp32).
-    z = tl.exp(-tl.abs(x))
-    s = 1.0 / (1.0 + z)
+    z = accurate_exp(-tl.abs(x))
+    s = precise_div(1.0, 1.0 + z)
     return z * s * s
 ''',
     "tanh": '''
@@ -43,7 +80,7 @@ def tanh(x):
         p = a + a * a2 * (-3.33332819422e-1 + a2 * (1.33314422036e-1 + a2 * (
             -5.37397155531e-2 + a2 * (2.06390887954e-2 + a2 * -5.70498872745e-3))))
         small = a < 0.625
-    big = 1.0 - 2.0 / (tl.exp(2.0 * a) + 1.0)
+    big = 1.0 - 2.0 / (accurate_exp(2.0 * a) + 1.0)
     t = tl.where(small, p, big)
     return tl.where(x < 0, -t, t)
 ''',
@@ -97,17 +134,19 @@ def bce(p, y):
 def bce_logits(z, y):
     # -(y log sigmoid(z) + (1-y) log sigmoid(-z)) = max(z, 0) - z*y + log1p(exp(-|z|)):
     # exp never overflows, and the loss is exact for |z| = 100 where sigmoid saturates
-    return tl.maximum(z, 0.0) - z * y + log1p(tl.exp(-tl.abs(z)))
+    return tl.maximum(z, 0.0) - z * y + log1p(accurate_exp(-tl.abs(z)))
 ''',
 }
-
-# helpers that other helpers call, written before them
-_DEPENDS = {"bce": ["log1p"], "bce_logits": ["log1p"]}
-
 
 def helpers_used(exprs: list[str]) -> list[str]:
     """The helper sources whose names appear as calls in ``exprs``."""
     text = "\n".join(exprs)
-    names = [name for name in HELPERS if re.search(rf"(?<![\w.]){name}\(", text)]
-    names += [dep for name in names for dep in _DEPENDS.get(name, [])]
+    names: list[str] = []
+    while True:  # helpers calling helpers: grow to a fixed point
+        found = [n for n in HELPERS if n not in names and re.search(rf"(?<![\w.]){n}\(", text)]
+        if not found:
+            break
+        names += found
+        # their bodies (not their def lines or comments) may call further helpers
+        text += "".join(re.sub(r"#.*", "", HELPERS[n].split(":", 1)[1]) for n in found)
     return [src for name, src in HELPERS.items() if name in names]

@@ -75,11 +75,16 @@ def main():
     qh = torch.randn(2, args.heads, args.size // 2, args.dim, device=DEVICE)
     kh = torch.randn(2, args.heads, args.size // 2, args.dim, device=DEVICE)
     check(gating_heads, qh, kh, dtype=torch.float32)
-    n_fwd = len(report.kernels)
-    print(f"\nattention gating: {n_fwd} forward kernel(s) "
-          f"[{', '.join(k.kind for k in report.kernels)}], "
-          f"{len(report.backward_kernels)} backward kernel(s); not fused: "
-          f"{', '.join(op for op, _ in report.extern) or 'nothing'}")
+    check(gating_heads, qh.half(), kh.half(), dtype=torch.float16)
+    heads = fusion.explain(gating_heads, qh.clone().requires_grad_(), kh)
+    for name, r in (("gating", report), ("gating_heads", heads)):
+        # the promise: the matmul and its sigmoid-mul epilogue are ONE kernel
+        assert [k.kind for k in r.kernels] == ["matmul"], f"{name}: {[k.kind for k in r.kernels]}"
+        print(f"\n{name}: {len(r.kernels)} forward kernel(s) "
+              f"[{', '.join(k.kind for k in r.kernels)}; tiles {r.kernels[0].config}], "
+              f"{len(r.backward_kernels)} backward kernel(s) "
+              f"[{', '.join(k.kind for k in r.backward_kernels)}]; not fused: "
+              f"{', '.join(op for op, _ in r.extern) or 'nothing'}")
 
 
 if __name__ == "__main__":

@@ -9,11 +9,19 @@ from fusion.report import KernelReport, Report
 
 
 def saved_bytes(fn, *args) -> tuple[object, int]:
-    """Run ``fn`` and count the bytes autograd saves for backward (distinct storages)."""
+    """Run ``fn`` and count the bytes autograd saves for backward (distinct storages).
+
+    A module's own parameters and buffers are not counted: they stay alive for the
+    whole step whether backward holds them or not (a matmul kernel that recomputes
+    its result in backward holds the weight instead of the M x N result).
+    """
     seen: dict[int, int] = {}
+    owned = set()
+    if isinstance(fn, torch.nn.Module):
+        owned = {t.untyped_storage().data_ptr() for t in [*fn.parameters(), *fn.buffers()]}
 
     def pack(t):
-        if isinstance(t, torch.Tensor) and t.numel():
+        if isinstance(t, torch.Tensor) and t.numel() and t.untyped_storage().data_ptr() not in owned:
             seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
@@ -28,7 +36,7 @@ def _tensor_leaves(x):
 
 def collect(compiled, args: tuple, kwargs: dict) -> Report:
     bound = compiled._bind(args, kwargs)
-    out, ours_saved = saved_bytes(lambda: compiled(*bound))
+    out, ours_saved = saved_bytes(compiled, *bound)
     if compiled._eager_reason is not None:
         return Report(f"(not captured: {compiled._eager_reason})", "eager", [], [],
                       [("<whole model>", compiled._eager_reason)], [], 0, None)
@@ -36,7 +44,7 @@ def collect(compiled, args: tuple, kwargs: dict) -> Report:
     wants_grad = [t for t in _tensor_leaves(out) if t.requires_grad]
     eager_saved = None
     if wants_grad:
-        _, eager_saved = saved_bytes(lambda: compiled._orig(*bound))
+        _, eager_saved = saved_bytes(compiled._orig, *bound)
         sources = [t for t in list(bound) + list(compiled.parameters())
                    if isinstance(t, torch.Tensor) and t.requires_grad]
         torch.autograd.grad(wants_grad, sources, [torch.ones_like(t) for t in wants_grad],

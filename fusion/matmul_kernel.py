@@ -18,19 +18,21 @@ from dataclasses import dataclass
 import torch
 
 from codegen.cache import load_kernel, source_path
-from codegen.matmul import HALF, SCALAR, MatmulEmitted, MatmulSpec, emit_matmul
+from codegen.matmul import HALF, TILE, MatmulEmitted, MatmulSpec, emit_matmul
+from codegen.prelude import helpers_used
 from fusion.backend import INTERPRETER, TRITON
 from fusion.matmul_layout import MatmulLayout, plan_matmul_layout
 from fusion.matmul_tiles import TileConfig, gpu_candidates, interpreter_config
-from ir.graph import Node
 from ir.ops import OPS
 
 # Recompute the matmul in backward when its K is at most this; save its result otherwise.
-# Recomputing costs 2*M*N*K flops and reads A and B again; saving costs an M*N write in
-# forward, an M*N read in backward, and M*N elements of memory held between the two.
-# On an H100 (~990 TFLOP/s fp16, ~3.3 TB/s) the flops win up to K of a few hundred for
-# half types but only K ~ 80 for fp32 without tf32; 128 keeps attention scores (head dim
-# 64) and small layers on the recompute side, where the memory saved is the largest.
+# Recomputing costs 2*M*N*K flops (A and B are read again, but they are K-sized); saving
+# costs an M*N write in forward, an M*N read in backward, and M*N elements of memory held
+# in between. Break-even K = bytes per element * flop rate / bandwidth: on an H100
+# (~990 TFLOP/s fp16/bf16, ~495 tf32, ~67 fp32 FMA; ~3.3 TB/s) about 600 for half types
+# and tf32 but only ~80 for fp32 without tf32. 128 keeps attention scores (head dim 64)
+# and small layers on the recompute side, where the M*N saved is largest relative to the
+# work; benchmarks/matmul_recompute.py measures both sides on a GPU.
 RECOMPUTE_MAX_K = 128
 MAX_BATCH_GRID = 65535  # CUDA's limit on grid axis 1; larger batches run in torch
 
@@ -160,13 +162,24 @@ class MatmulKernel:
         if os.environ.get("FUSION_LOG", "") in ("code", "output_code"):
             print(f"# fusion: {self.role} kernel {emitted.name}\n{emitted.source}", file=sys.stderr)
         fn = load_kernel(emitted.name, emitted.source)
-        heavy = sum(k != SCALAR for k in layout.kinds) + len(self.epilogue) > 4
+        heavy = epilogue_weight(self.epilogue, layout.kinds) > 3
         candidates = gpu_candidates(layout.M, layout.N, layout.K, self.a.dtype, precision, heavy)
         # the arguments' types and values as compile_for needs them: dtypes stand for tensors
         values = _arguments(emitted.bases, layout, self.a.dtype, self.b.dtype,
                             [i.dtype for i in self.epilogue_inputs], [o.dtype for o in outputs])
         example = [_example(values[n]) for n in emitted.arg_names]
         return MatmulVariant(emitted, fn, candidates[0], candidates, example, tuple(outputs))
+
+
+def epilogue_weight(epilogue: list, kinds: tuple) -> int:
+    """Registers the epilogue holds next to the accumulator, roughly, in tile-sized
+    values: one per full tile it loads and per op, three per op calling a prelude
+    helper (sigmoid, tanh: several live temporaries each)."""
+    weight = sum(k == TILE for k in kinds)
+    for n in epilogue:
+        expr = OPS[n.op].triton(["x"] * len(n.inputs), n.attrs, "tl.float32")
+        weight += 3 if helpers_used([expr]) else 1
+    return weight
 
 
 def _arguments(bases: tuple, layout: MatmulLayout, a, b, epi, outs) -> dict:

@@ -66,15 +66,18 @@ def gpu_candidates(M: int, N: int, K: int, dtype: torch.dtype, precision: str,
 
     Tiles much larger than the problem only add masked work: a candidate is
     kept when its tile fits in the next power of two of M and N (or 32); when
-    none does, the table's smallest is used. A heavy epilogue (many ops or
-    full-tile inputs) keeps to tiles of at most 32 values a thread: each value
-    it holds costs that many registers.
+    none does, the table's smallest is used. For a heavy epilogue (several ops,
+    helper calls such as sigmoid, full-tile inputs) the pick is the first tile
+    of at most 32 values a thread, since each value the epilogue holds costs
+    that many registers; autotuning still tries the larger ones (a spill there
+    only costs time, and the autotuner measures it).
     """
     table = _TABLE[_family(dtype, precision)]
     fits = [c for c in table
-            if c.BLOCK_M <= max(_pow2(M), 32) and c.BLOCK_N <= max(_pow2(N), 32)
-            and not (heavy_epilogue and c.BLOCK_M * c.BLOCK_N > 32 * 32 * c.num_warps)]
-    return [_fit_k(c, K) for c in fits or [table[-1]]]
+            if c.BLOCK_M <= max(_pow2(M), 32) and c.BLOCK_N <= max(_pow2(N), 32)] or [table[-1]]
+    roomy = [c for c in fits if c.BLOCK_M * c.BLOCK_N <= 32 * 32 * c.num_warps]
+    pick = roomy[0] if heavy_epilogue and roomy else fits[0]
+    return [_fit_k(c, K) for c in [pick] + [c for c in fits if c is not pick]]
 
 
 def _fit_k(c: TileConfig, K: int) -> TileConfig:

@@ -73,7 +73,7 @@ class Report:
             lines += [f"{name}: {', '.join(vals) or 'nothing'}" for name, vals in self.saved]
             eager = "" if self.eager_saved_bytes is None else \
                 f" (eager autograd saves {self.eager_saved_bytes:,})"
-            lines.append(f"total {self.saved_bytes:,} bytes{eager}")
+            lines.append(f"total {self.saved_bytes:,} bytes{eager}; a module's parameters not counted")
         return "\n".join(lines)
 
 

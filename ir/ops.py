@@ -38,7 +38,8 @@ class OpDef:
                                     # per operand: real, positive, nonzero, bool (see SAMPLE_DOMAINS)
     arity: int = 1             # tensor operands (pointwise and view ops); attrs come on top
     sample_attrs: Callable = lambda shape: ({},)   # input shape -> the attrs the tests try
-    internal: bool = False     # only the compiler creates it (derivative rules): no torch spelling
+    internal: bool = False     # no torch spelling maps to it: made only by derivative rules,
+                               # DECOMPOSITIONS or passes (the tests then need no aliases)
     differentiable: bool = True
     combine: Callable | None = None  # full reductions: (per-program partial sums, n) -> result
     form: MatmulForm | None = None  # matmul ops: which operand is A, B and the bias
@@ -135,7 +136,7 @@ def _no_kwargs_but(*allowed):
 
 
 # ---- pointwise: transcendental ----------------------------------------------
-_pointwise("exp", "float", torch.exp, lambda a, at, ct: f"tl.exp({a[0]})",
+_pointwise("exp", "float", torch.exp, lambda a, at, ct: f"accurate_exp({a[0]})",
            lambda b, out, g, x: (b.call("mul", g, b.call("exp", x)),),
            aliases=(torch.exp, "exp"))
 _pointwise("log", "float", torch.log, lambda a, at, ct: f"tl.log({a[0]})",
@@ -345,7 +346,7 @@ op("extern", "extern", None, None, None, differentiable=True)
 def pow_expr(x: str, p) -> str:
     """x ** p for a scalar p: exact products for small integers, exp/log otherwise."""
     if p == 0:
-        return f"(tl.zeros_like({x}) + 1)"  # 1 for every x, inf and NaN included, as torch
+        return f"tl.full({x}.shape, 1, {x}.dtype)"  # 1 for every x, inf and NaN included, as torch
     if p == 0.5:
         return f"tl.sqrt({x})"
     if float(p).is_integer() and abs(p) <= 4:

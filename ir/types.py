@@ -77,8 +77,8 @@ def elementwise(promotion: str):
         if promotion == "select":
             cond = inputs[0]
             if not (isinstance(cond, Node) and cond.dtype == torch.bool):
-                raise TypeError(f"fusion: {op}: condition must be a bool tensor, got "
-                                f"{describe(cond)}")
+                raise RuntimeError(f"fusion: {op}: condition must be a bool tensor, got "
+                                   f"{describe(cond)}")  # eager's error type
             dtype = promote(inputs[1:])
         else:
             dtype = promote(inputs)

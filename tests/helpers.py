@@ -26,6 +26,16 @@ EXACT_VALUES = (0.0, 0.5, -0.5, 1.0, -1.0, 2.0)
 SPECIAL_VALUES = (0.0, -0.0, 1e-30, -1e-30, 0.5, -0.5, 1.0, -1.0, 3.0, -3.0, 20.0, -20.0,
                   100.0, -100.0, 1e4, -1e4, float("inf"), float("-inf"), float("nan"))
 
+
+
+def special_values(domain: str) -> tuple:
+    """The extreme values of ``domain`` an op must handle like eager: every float for
+    the unconstrained domains (torch defines log(-1) as NaN), the edges for probabilities."""
+    if domain == "probability":
+        return (0.0, 1e-30, 1e-7, 0.25, 0.5, 1.0 - 1e-7, 1.0)
+    return SPECIAL_VALUES
+
+
 # the one place tolerances live. Kernels compute fp16/bf16 in fp32 and round once
 # at the store: within one ulp of the float64 result rounded to the type; the
 # interpreter truncates fp32 -> bf16 stores (one more bf16 ulp, as assert_close's bf16
@@ -79,7 +89,7 @@ def sample(domain: str, shape, dtype: torch.dtype, gen: torch.Generator, *, kink
 
 def scalar_for(domain: str):
     """A Python scalar operand from ``domain``."""
-    return {"real": -1.5, "positive": 1.5, "nonzero": -1.5, "bool": True}[domain]
+    return {"real": -1.5, "positive": 1.5, "nonzero": -1.5, "probability": 0.25, "bool": True}[domain]
 
 
 # shapes of the operands of an op with ``arity`` tensor operands, per case;

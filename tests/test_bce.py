@@ -81,7 +81,7 @@ def test_ordinary_range_matches_eager_bce():
     torch.manual_seed(0)
     z = torch.randn(3, 257, dtype=torch.float64, requires_grad=True)
     y = torch.rand(3, 257, dtype=torch.float64)
-    torch.autograd.gradcheck(fusion.compile(sigmoid_bce), (z, y))
+    torch.autograd.gradcheck(fusion.compile(sigmoid_bce), (z, y), fast_mode=True)
     torch.testing.assert_close(fusion.compile(sigmoid_bce)(z, y), sigmoid_bce(z, y))
 
 

@@ -13,14 +13,13 @@ import torch
 import fusion
 from examples_models import BinaryClassifier, gating
 from fusion.backend import TRITON
-from fusion.matmul_kernel import RECOMPUTE_MAX_K, MatmulKernel
+from fusion.matmul_kernel import RECOMPUTE_MAX_K, MatmulKernel, epilogue_weight
 from fusion.matmul_tiles import gpu_candidates, interpreter_config
 from fusion.partition import check_partition, partition
 from helpers import DEVICE
 from ir.capture import lower, trace
 from ir.ops import OPS
 
-HALF = (torch.float16, torch.bfloat16)
 # relative to the largest reference value: fp32 sums K products (rounding ~K*eps);
 # half types are computed in fp32 and rounded once, within 1-2 ulps of the float64 result
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
@@ -272,9 +271,12 @@ def test_tile_heuristics():
     big = gpu_candidates(4096, 4096, 64, torch.float16, "ieee", heavy_epilogue=False)
     assert (big[0].BLOCK_M, big[0].BLOCK_N, big[0].num_warps) == (128, 128, 8) and len(big) == 5
     assert big[0].num_stages == 2  # K = 64 is one BLOCK_K step: no deeper pipeline
+    # a heavy epilogue: the pick holds at most 32 accumulator values a thread; autotuning
+    # still tries the rest
     heavy = gpu_candidates(4096, 4096, 4096, torch.float16, "ieee", heavy_epilogue=True)
-    assert heavy and all(c.BLOCK_M * c.BLOCK_N <= 32 * 32 * c.num_warps for c in heavy)
+    assert heavy[0].BLOCK_M * heavy[0].BLOCK_N <= 32 * 32 * heavy[0].num_warps and len(heavy) == 5
     assert heavy[0].num_stages == 3
+    assert epilogue_weight(_matmul_kernel(gating, rand(37, 19), rand(53, 19)).epilogue, ()) == 4
     assert gpu_candidates(512, 512, 512, torch.float32, "tf32", False)[0].BLOCK_M == 128
     assert gpu_candidates(512, 512, 512, torch.float32, "ieee", False)[0].BLOCK_M == 64
     small = gpu_candidates(8, 1, 10, torch.float32, "ieee", heavy_epilogue=False)
@@ -300,6 +302,13 @@ def test_generated_source_reads_like_the_tutorial():
     for piece in ("stride_am, stride_ak", "stride_bk, stride_bn", "offs_m", "GROUP_M: tl.constexpr",
                   "mask=mask", "tl.dot(a, b, acc", "sigmoid(acc)", "# acc is %3 = matmul"):
         assert piece in src, piece
+
+
+def _matmul_kernel(fn, *inputs) -> MatmulKernel:
+    compiled = fusion.compile(fn)
+    compiled(*inputs)
+    plan = next(iter(compiled._plans.values()))
+    return next(k for k in plan.kernels.values() if isinstance(k, MatmulKernel))
 
 
 def _layouts(fn, *inputs):
