@@ -12,7 +12,7 @@
 # (all tables), summary.md (the short table, the BENCHMARKS.md entry),
 # results.json, pointwise.png, gating.png, and with NUMERICS=1 NUMERICS-cuda.md
 # and numerics-cuda.png. Time limits (seconds): TESTS_S (default 120) for
-# pytest, then run_all's own per-script limits (about 320 in all).
+# pytest, then run_all's own per-script limits (about 330 in all).
 set -u
 OUT=${1:?usage: gpu_check.sh OUT_DIR}
 mkdir -p "$OUT"

@@ -107,12 +107,16 @@ def write_doc(path: Path, all_results: dict, env: str, device: str, providers_by
                   f"- Triton's interpreter converts fp32 to bf16 at a store by truncation, not to nearest "
                   f"as the GPU does: measured here, a plain store kernel gave the truncated value for "
                   f"{facts['store_truncates']:.1f}% of random inputs and the nearest-even one for "
-                  f"{facts['store_rne']:.1f}%. Our kernels round to nearest-even themselves before a bf16 "
-                  "store (the `round_to_bf16` helper), so this does not reach our figures: our bf16 "
-                  f"results equal those of the column `ours, RNE store` (the same kernel on fp32 inputs, its "
-                  f"result rounded to nearest-even here, as the GPU's store does) for "
-                  f"{fmt(facts['ours_equals_rne'], 6)}% of the points with a normal result (the lowest "
-                  "share over ops and passes).",
+                  f"{facts['store_rne']:.1f}%. " + (
+                      "Our kernels round to nearest-even themselves before a bf16 store, so this does not "
+                      "reach our figures: our bf16 results equal those of the column `ours, RNE store` "
+                      "(the same kernel on fp32 inputs, its result rounded to nearest-even here, as the "
+                      "GPU's store does) at every point with a normal result."
+                      if facts["ours_equals_rne"] == 100 else
+                      f"Our bf16 results equal those of the column `ours, RNE store` (the same kernel on "
+                      f"fp32 inputs, rounded to nearest-even here, as the GPU's store does) at only "
+                      f"{fmt(facts['ours_equals_rne'], 6)}% of the points with a normal result (lowest "
+                      "share over ops and passes): read `ours, RNE store` for what a GPU gives."),
                   "- For subnormal values the interpreter's fp32 -> bf16 conversion is wrong, not merely "
                   "truncated: storing {:.5g} gave {:.5g} (nearest bf16: {:.5g}). Subnormal results are "
                   "not counted in the tables; on the GPU the conversion is exact.".format(
@@ -125,7 +129,7 @@ def write_doc(path: Path, all_results: dict, env: str, device: str, providers_by
                   "(up to 2 ulp). " + (
                       "Rerunning our fp32 kernels with `tl.exp` evaluated that way (the product rounded to "
                       "fp32, then 2^t rounded once) changed no result here: our fp32 kernels do not call "
-                      "`tl.exp` (they use their own `accurate_exp`)." if facts.get("gpu_exp_identical") else
+                      "`tl.exp` (they compute exp with their own helper)." if facts.get("gpu_exp_identical") else
                       "The column `ours, GPU exp` reruns our fp32 kernels with `tl.exp` evaluated that way "
                       "(the product rounded to fp32, then 2^t rounded once; divisions still to nearest): a "
                       "lower bound of the GPU's error."),

@@ -98,13 +98,13 @@ def _undo_interpreter_leaks() -> None:
 
     def patched(v) -> bool:
         fn = v.func if isinstance(v, functools.partial) else v
-        return getattr(fn, "__module__", None) == interpreter.__name__
+        return getattr(fn, "__module__", None) == interpreter.__name__ or v is print
     for name, value in list(vars(tl.core).items()):
-        if not patched(value):
+        if name.startswith("__") or not patched(value):
             continue
         original = getattr(tl, name, None)
         if original is None or patched(original):
-            original = (getattr(value, "__defaults__", None) or (None,))[0]
+            original = (getattr(value, "__kwdefaults__", None) or {}).get("member")
         if original is not None:
             setattr(tl.core, name, original)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from codegen.pointwise import emit_body, input_name, ir_line, load_cast
+from codegen.pointwise import emit_body, input_name, ir_line, load_cast, store_cast
 from codegen.prelude import helpers_used
 from ir.graph import Node
 
@@ -144,7 +144,7 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False) 
     lines += body
     lines.append("offs_out = offs_m[:, None] * N + offs_n[None, :]")
     for k, out in enumerate(spec.outputs):
-        lines.append(f"tl.store(out{k}_ptr + offs_out, {var[out]}.to(out{k}_ptr.dtype.element_ty), "
+        lines.append(f"tl.store(out{k}_ptr + offs_out, {store_cast(var[out], out.dtype, f'out{k}_ptr')}, "
                      "mask=mask)")
 
     consts = [("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr",
@@ -159,7 +159,7 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False) 
               'fused as its epilogue.', "", f"    {ir_line(spec.anchor)}",
               *[f"    {ir_line(n)}" for n in spec.epilogue], '"""',
               "import triton", "import triton.language as tl"]
-    source = "\n".join(header) + "\n" + "".join(helpers_used(body)) + "\n\n" + "\n".join(out) + "\n"
+    source = "\n".join(header) + "\n" + "".join(helpers_used(body + lines)) + "\n\n" + "\n".join(out) + "\n"
     arg_names = tuple(a.strip() for p, _ in params for a in p.split(","))
     return MatmulEmitted(name, source, arg_names, tuple(bases))
 

@@ -133,8 +133,10 @@ def bce(p, y):
 @triton.jit
 def bce_logits(z, y):
     # -(y log sigmoid(z) + (1-y) log sigmoid(-z)) = max(z, 0) - z*y + log1p(exp(-|z|)):
-    # exp never overflows, and the loss is exact for |z| = 100 where sigmoid saturates
-    return tl.maximum(z, 0.0) - z * y + log1p(accurate_exp(-tl.abs(z)))
+    # exp never overflows, and the loss is exact for |z| = 100 where sigmoid saturates.
+    # max(z, 0) - z*y as z(1-y) or -zy: no cancellation, and +inf (not inf - inf) at z = +inf
+    linear = tl.where(z >= 0, z * (1.0 - y), -z * y)
+    return linear + log1p(accurate_exp(-tl.abs(z)))
 ''',
 }
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ir.graph import Node
 from ir.ops import DECOMPOSITIONS, op
-from ir.types import elementwise
+from ir.types import describe, elementwise
 
 
 def _full_reduction_rule(op_name, inputs, attrs):
@@ -48,9 +49,20 @@ def _bce_vjp(b, out, g, p, y):
     return gp, b.call("mul", g, b.call("sub", log_q, log_p))
 
 
-op("bce", "pointwise", elementwise("float"),
+def _same_shape(op_name, inputs, attrs):
+    """torch's losses do not broadcast the target: different shapes are refused (ValueError)."""
+    p, y = inputs
+    if not (isinstance(p, Node) and isinstance(y, Node)) or p.shape != y.shape:
+        raise ValueError(f"fusion: {op_name}: target {describe(y)} and input {describe(p)} must be "
+                         "tensors of the same size, as torch's binary cross-entropy requires")
+    return elementwise("float")(op_name, inputs, attrs)
+
+
+# internal: reached through DECOMPOSITIONS (F.binary_cross_entropy, nn.BCELoss, ...)
+op("bce", "pointwise", _same_shape,
    lambda p, y: F.binary_cross_entropy(p, y, reduction="none"), _bce_vjp,
-   triton=lambda a, at, ct: f"bce({a[0]}, {a[1]})", promotion="float", domain="probability", arity=2)
+   triton=lambda a, at, ct: f"bce({a[0]}, {a[1]})", promotion="float", domain="probability", arity=2,
+   internal=True)
 
 def _sigmoid_minus(b, z, y):
     """sigmoid(z) - y without cancellation: for z >= 0 it is (1 - y) - sigmoid(-z),
@@ -60,11 +72,11 @@ def _sigmoid_minus(b, z, y):
     return b.call("where", b.call("ge", z, 0.0), pos, neg)
 
 
-op("bce_logits", "pointwise", elementwise("float"),
+op("bce_logits", "pointwise", _same_shape,
    lambda z, y: F.binary_cross_entropy_with_logits(z, y, reduction="none"),
    lambda b, out, g, z, y: (b.call("mul", g, _sigmoid_minus(b, z, y)), b.call("mul", g, b.call("neg", z))),
    triton=lambda a, at, ct: f"bce_logits({a[0]}, {a[1]})", promotion="float", arity=2,
-   domain=("real", "probability"))
+   domain=("real", "probability"), internal=True)
 
 
 def _bce_decomposition(elementwise_op):

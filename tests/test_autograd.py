@@ -38,6 +38,14 @@ def _operands(name, shapes, gen, *, kinks, layout="contiguous"):
     return [x.requires_grad_(x.is_floating_point()) for x in xs]
 
 
+def _eager_accepts(name, xs, attrs) -> bool:
+    try:
+        OPS[name].eager(*xs, **attrs)
+        return True
+    except (TypeError, ValueError, RuntimeError):  # bce does not broadcast its target
+        return False
+
+
 # ---- every differentiable pointwise op, through the fused runtime ----------------------------
 
 def _gradcheck_cases():
@@ -56,6 +64,8 @@ def test_gradcheck_pointwise_op(name, case):
                    layout="transposed" if case == "transposed" else "contiguous")
     checked = 0
     for attrs in d.sample_attrs(xs[0].shape):
+        if not _eager_accepts(name, xs, attrs):
+            pytest.skip(f"eager {name} refuses these shapes (test_op_table checks we do too)")
         graph = op_graph(name, xs, attrs)
         if graph.outputs[0].dtype != torch.float64:
             continue  # a cast to another type: gradcheck needs float64 throughout
@@ -83,14 +93,13 @@ def test_vjp_rule_matches_eager_autograd(name, case):
     d = OPS[name]
     xs = _operands(name, shape_cases(d.arity)[case], _seed(name, case), kinks=True)
     for attrs in d.sample_attrs(xs[0].shape):
+        if not _eager_accepts(name, xs, attrs):
+            continue  # test_op_table checks that we refuse them too
         graph = op_graph(name, xs, attrs)
         out = graph.outputs[0]
         if not out.dtype.is_floating_point:
             continue
-        try:
-            expected_out = d.eager(*xs, **attrs)
-        except (TypeError, ValueError, RuntimeError):
-            continue  # eager refuses these operands: test_op_table checks that we do too
+        expected_out = d.eager(*xs, **attrs)
         needs = tuple(x.requires_grad for x in xs)
         bwd = backward_graph(graph.nodes[len(xs):], graph.inputs, graph.outputs, needs)
         g = sample("real", expected_out.shape, expected_out.dtype, _seed(name, "g"), kinks=False)
@@ -225,9 +234,8 @@ def test_only_group_inputs_are_saved(chain):
     assert all(_is_one_of(t, args) for t in saved), "an intermediate was saved"
     if chain == "gated":  # b's gradient needs no value at all
         assert not any(_is_one_of(t, args[2:]) for t in saved)
-        report = fusion.explain(fn, *args)
-        assert [ids for _, ids in report.saved] == [["%1", "%0"]] or \
-            sorted(report.saved[0][1]) == ["%0", "%1"]
+        ((_, ids),) = fusion.explain(fn, *args).saved
+        assert sorted(ids) == ["%0", "%1"], "explain reports x and g saved, not b"
 
 
 def test_inputs_without_grad_get_no_gradient_computed():

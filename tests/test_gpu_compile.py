@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,8 +28,8 @@ from ir.ops import OPS
 
 triton = pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(
-    not (__import__("pathlib").Path(triton.__file__).parent / "backends/nvidia/bin/ptxas").exists(),
-    reason="Triton's ptxas is not shipped here")
+    not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists(),
+    reason="this Triton ships no ptxas")
 
 ARCHS = ("sm_90", "sm_80")
 

@@ -93,22 +93,23 @@ def test_heads_split_from_one_projection_read_through_strides():
     check(gating_heads, q, k)
 
 
-def test_binary_classifier_linear_relu_and_linear_sigmoid_are_one_kernel_each():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_binary_classifier_linear_relu_and_linear_sigmoid_are_one_kernel_each(dtype):
     torch.manual_seed(0)
-    model = BinaryClassifier().to(DEVICE)
-    x = rand(37, 10)
+    model = BinaryClassifier().to(DEVICE, dtype)
+    x = rand(37, 10, dtype=dtype)
     report = fusion.explain(model, x)
     assert [k.kind for k in report.kernels] == ["matmul", "matmul"], str(report)
     assert [k.name for k in report.kernels] == ["linear_relu", "linear_sigmoid"]
     ref = BinaryClassifier().to(DEVICE).double()
-    ref.load_state_dict(model.state_dict())
+    ref.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
     out, expected = fusion.compile(model)(x), ref(x.double())
-    close(out, expected.detach(), torch.float32)
+    close(out, expected.detach(), dtype)
     g = rand(37, 1, seed=5)
-    out.backward(g)
+    out.backward(g.to(dtype))
     expected.backward(g.double())
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
-        close(p.grad, q.grad, torch.float32, name)  # bias gradients reduced over the batch
+        close(p.grad, q.grad, dtype, name)  # bias gradients reduced over the batch
 
 
 def test_lstm_gate_fuses_the_second_matmul_with_add_and_sigmoid():

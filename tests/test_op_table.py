@@ -192,7 +192,8 @@ def test_pointwise_forward_mixed_types(name):
                                            and "bool" not in d.operand_domains()))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=SHORT.get)
 def test_pointwise_special_values(name, dtype):
-    """0, -0, tiny, huge, ±inf, NaN (every pair of them for binary ops): same as eager."""
+    """0, -0, tiny, huge, ±inf, NaN (every pair of them for binary ops): same as eager in float64."""
+    # (the domain's own extremes for probabilities, which torch checks)
     d = OPS[name]
     values = [torch.tensor(special_values(dom), dtype=dtype, device=DEVICE)
               for dom in d.operand_domains()]
@@ -202,7 +203,13 @@ def test_pointwise_special_values(name, dtype):
         if attrs.get("dtype") in (torch.int32, torch.int64):
             continue  # NaN and inf have no integer value: torch's result is unspecified
         (ours,) = run_graph(op_graph(name, operands, attrs), operands)
-        torch.testing.assert_close(ours, eager_op(name, operands, attrs), equal_nan=True,
+        # float64 eager is the oracle: a composite eager (bce_logits) loses digits in fp32
+        expected = eager_op(name, operands, attrs, dtype=torch.float64).to(ours.dtype)
+        # where eager is NaN, a number is wrong, but an infinity may be the limit eager
+        # misses (bce_logits(-inf, 0.5) is +inf; eager's log-sum-exp gives inf - inf)
+        undefined = expected.isnan() if expected.is_floating_point() else torch.zeros_like(expected)
+        assert not torch.isfinite(ours[undefined]).any(), f"{name}({attrs}): a number where eager has NaN"
+        torch.testing.assert_close(ours[~undefined], expected[~undefined],
                                    msg=lambda m: f"{name}({attrs}) on special values\n{m}")
 
 
