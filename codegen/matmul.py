@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from codegen.pointwise import emit_body, input_name, ir_line, load_cast, store_cast
+from codegen.pointwise import emit_body, input_name, ir_line, load_cast, namer, store_cast
 from codegen.prelude import helpers_used
 from ir.graph import Node
 
@@ -63,13 +63,7 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False) 
              "K", "num_pid_m", "num_pid_n", "num_pid_in_group", "group_id", "first_pid_m",
              "group_size_m", "offs_out", "out_offset", *[f"out{k}" for k in range(len(spec.outputs))],
              *[f"i_b{d}" for d in range(spec.batch_rank)]}
-
-    def fresh(base: str) -> str:
-        cand, k = base, 1
-        while cand in taken:
-            cand, k = f"{base}_{k}", k + 1
-        taken.add(cand)
-        return cand
+    fresh = namer(taken)
 
     batch = [f"b{d}" for d in range(spec.batch_rank)]
     params = [("a_ptr", f"A [M, K]: %{a.id} {a.name or a.op}: {a.type_str()}"),

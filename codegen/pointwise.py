@@ -52,19 +52,24 @@ def _ident(text: str) -> str:
     return ident if ident and not ident[0].isdigit() else f"v_{ident}"
 
 
-def emit_pointwise(spec: PointwiseSpec, name: str | None = None) -> EmittedKernel:
-    """Generate the Triton source of one fused pointwise kernel."""
-    name = name or kernel_name(spec.nodes)
-    members = set(spec.nodes)
-    var: dict[Node, str] = {}
-    taken: set[str] = {"offs", "mask", "pid", "n_elements", "BLOCK_SIZE", "tl", "triton", "rem"}
-
+def namer(taken: set[str]):
+    """``fresh(base)``: ``base``, or ``base_1``, ``base_2``... whichever is not taken yet."""
     def fresh(base: str) -> str:
         cand, k = base, 1
         while cand in taken:
             cand, k = f"{base}_{k}", k + 1
         taken.add(cand)
         return cand
+    return fresh
+
+
+def emit_pointwise(spec: PointwiseSpec, name: str | None = None) -> EmittedKernel:
+    """Generate the Triton source of one fused pointwise kernel."""
+    name = name or kernel_name(spec.nodes)
+    members = set(spec.nodes)
+    var: dict[Node, str] = {}
+    taken: set[str] = {"offs", "mask", "pid", "n_elements", "BLOCK_SIZE", "tl", "triton", "rem"}
+    fresh = namer(taken)
 
     params, loads = [], []
     for node, layout in zip(spec.inputs, spec.layouts):

@@ -43,16 +43,7 @@ def plan_layout(shape: tuple, tensors: list[torch.Tensor]) -> Layout:
     dims = [d for d, s in enumerate(shape) if s != 1]
     sizes = [shape[d] for d in dims]
     strides = [[st[d] for d in dims] for st in full]
-    # merge dimension d into d-1 when every input steps through them as one
-    d = len(sizes) - 1
-    while d > 0:
-        if all(st[d - 1] == st[d] * sizes[d] for st in strides):
-            sizes[d - 1] *= sizes[d]
-            del sizes[d]
-            for st in strides:
-                st[d - 1] = st[d]
-                del st[d]
-        d -= 1
+    merge_dims(sizes, strides)
     kinds, kept = [], []
     contiguous = _contiguous_strides(sizes)
     for t, st in zip(tensors, strides):
@@ -67,6 +58,20 @@ def plan_layout(shape: tuple, tensors: list[torch.Tensor]) -> Layout:
             kept.append(tuple(st))
     reach = max([numel] + [_max_offset(t) for t in tensors])
     return Layout(tuple(sizes), tuple(kept), tuple(kinds), reach > INT32_MAX)
+
+
+def merge_dims(sizes: list[int], strides: list[list[int]]) -> None:
+    """Merge dimension d into d-1, in place, wherever every stride list steps
+    through the two as through one dimension (stride[d-1] == stride[d] * size[d])."""
+    d = len(sizes) - 1
+    while d > 0:
+        if all(st[d - 1] == st[d] * sizes[d] for st in strides):
+            sizes[d - 1] *= sizes[d]
+            del sizes[d]
+            for st in strides:
+                st[d - 1] = st[d]
+                del st[d]
+        d -= 1
 
 
 def _contiguous_strides(sizes: list[int]) -> list[int]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from codegen.matmul import COL, ROW, SCALAR, TILE
-from fusion.layout import INT32_MAX, _max_offset, broadcast_strides
+from fusion.layout import INT32_MAX, _max_offset, broadcast_strides, merge_dims
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,7 @@ def plan_matmul_layout(out_shape: tuple, a: torch.Tensor, b: torch.Tensor,
     keep = [d for d, s in enumerate(sizes) if s != 1 or d == len(sizes) - 1]
     sizes = [sizes[d] for d in keep]
     per = [[st[d] for d in keep] for st in per]
-    d = len(sizes) - 1
-    while d > 0:
-        if all(st[d - 1] == st[d] * sizes[d] for st in per):
-            sizes[d - 1] *= sizes[d]
-            del sizes[d]
-            for st in per:
-                st[d - 1] = st[d]
-                del st[d]
-        d -= 1
+    merge_dims(sizes, per)
     M = sizes[-1]
     a_st, b_st, *e_st, _ = per
     k_a = 0 if K == 1 else a_full[-1]

@@ -1,22 +1,7 @@
-"""Models shared by several tests (the seed's examples)."""
-import torch
-from torch import nn
+"""The examples' models, shared by several tests (the seed's BinaryClassifier and gating)."""
+import sys
+from pathlib import Path
 
-
-def gating(q, k):
-    """Attention gating from the seed: scores * sigmoid(scores)."""
-    scores = q @ k.T
-    return scores * torch.sigmoid(scores)
-
-
-class BinaryClassifier(nn.Module):
-    """The seed's classifier: Linear 10->64, ReLU, Linear 64->1, Sigmoid."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear1 = nn.Linear(10, 64)
-        self.linear2 = nn.Linear(64, 1)
-        self.sigmoid = nn.Sigmoid()
-
-    def forward(self, x):
-        return self.sigmoid(self.linear2(torch.relu(self.linear1(x))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from attention_gating import gating  # noqa: E402,F401
+from binary_classifier import BinaryClassifier  # noqa: E402,F401
