@@ -241,9 +241,11 @@ class Results:
         text = table(headers, rows)
         print(f"## {title}\n\n{text}\n" + (f"\n{note}\n" if note else ""), flush=True)
         self.tables.append({"title": title, "headers": headers, "rows": rows, "note": note})
+        self.save()  # as we go: a script stopped by its time limit keeps what it measured
 
     def add_summary(self, figure: str, config: str, value: str, target: str = ""):
         self.summary.append([figure, config, value, target])
+        self.save()
 
     def save(self):
         if self.out is None:

@@ -2,7 +2,7 @@
 # The GPU check: on a machine with a CUDA GPU, in under 8 minutes,
 #   1. the test suite on CUDA with real Triton kernels (not the interpreter),
 #   2. the benchmark tables (run_all.py --quick: eager vs torch.compile vs ours),
-#   3. optionally (NUMERICS=1) the numerics report on CUDA,
+#   3. optionally (NUMERICS=1, up to 90 s more) the numerics report on CUDA,
 # writing everything to the folder given as $1 and printing a short table last.
 #
 #   bash benchmarks/gpu_check.sh OUT            # then, here:
@@ -38,7 +38,7 @@ echo "pytest exit status $? after $(( $(date +%s) - START )) s (124: stopped by 
 tail -n 15 "$TESTS_LOG" | tee -a "$LOG"
 
 echo "== benchmarks (each script's tables go to the log and report.md) ==" | tee -a "$LOG"
-"$PY" benchmarks/run_all.py --quick --out "$OUT" --tests-log "$TESTS_LOG" 2>&1 | tee -a "$LOG" | grep "^====" 
+"$PY" benchmarks/run_all.py --quick --out "$OUT" --tests-log "$TESTS_LOG" 2>&1 | tee -a "$LOG" | grep "^===="
 
 if [ "${NUMERICS:-0}" = 1 ]; then
   echo "== numerics on CUDA ==" | tee -a "$LOG"

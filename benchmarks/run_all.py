@@ -52,7 +52,7 @@ def run_script(name: str, parts: Path, quick: bool, seconds: float) -> str:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds)
         out, status = proc.stdout + proc.stderr, ("ok" if proc.returncode == 0 else f"exit {proc.returncode}")
-    except subprocess.TimeoutExpired as e:
+    except subprocess.TimeoutExpired as e:  # its JSON keeps the tables written so far
         out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         status = f"killed after {seconds:.0f} s"
     keep = [ln for ln in out.splitlines() if "Warning" not in ln and "warn(" not in ln]
@@ -66,7 +66,10 @@ def tests_line(path: str | None) -> str:
         return "tests: not run"
     lines = [ln.strip("= ") for ln in Path(path).read_text(errors="replace").splitlines()
              if (" passed" in ln or " failed" in ln or " error" in ln) and " in " in ln]
-    return f"tests on this machine: {lines[-1]}" if lines else "tests: no pytest summary line (timed out?)"
+    if lines:
+        return f"tests on this machine: {lines[-1]}"
+    status = [ln for ln in Path(path).read_text(errors="replace").splitlines() if "pytest exit status" in ln]
+    return "tests: no pytest summary line" + (f" ({status[-1]})" if status else "")
 
 
 def write_reports(out: Path, parts: Path, statuses: dict, tests: str) -> str:
@@ -98,6 +101,9 @@ def write_reports(out: Path, parts: Path, statuses: dict, tests: str) -> str:
 
 def record(folder: str):
     """Insert FOLDER/summary.md into BENCHMARKS.md right under the marker (newest first)."""
+    env = json.loads((Path(folder) / "results.json").read_text())["env"]
+    if env.get("device") != "cuda":
+        raise SystemExit(f"{folder} is a CPU run: BENCHMARKS.md records GPU runs only")
     entry = (Path(folder) / "summary.md").read_text().strip()
     path = HERE.parent / "BENCHMARKS.md"
     text = path.read_text()

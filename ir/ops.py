@@ -15,7 +15,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ir.types import cast_rule, compute_type, elementwise, meta_rule, sum_to_rule, triton_type
+from ir.types import (cast_rule, compute_type, describe, elementwise, meta_rule, sum_to_rule,
+                      triton_type)
 
 # reduction: a full sum/mean that can end a pointwise kernel; reduce: sum_to, run by torch
 KINDS = ("pointwise", "matmul", "view", "reduction", "reduce", "extern")
@@ -96,17 +97,29 @@ _pointwise("abs", "common", torch.abs, lambda a, at, ct: f"tl.abs({a[0]})",
            aliases=(torch.abs, operator.abs, "abs", "__abs__"))
 _pointwise("sign", "common", torch.sign, lambda a, at, ct: f"sign({a[0]})",
            lambda b, out, g, x: (b.call("mul", g, 0.0),), aliases=(torch.sign, "sign"))
-_pointwise("pow", "float", lambda x, exponent: torch.pow(x, exponent),
-           lambda a, at, ct: pow_expr(a[0], at["exponent"]),
-           lambda b, out, g, x, exponent: (
-               b.call("mul", g, b.call("mul", b.call("pow", x, exponent=exponent - 1), exponent))
-               if exponent != 0 else  # exactly 0 as torch (x ** -1 * 0 is NaN at x = 0)
-               b.call("mul", b.call("pow", x, exponent=0), 0.0),),
-           aliases=(torch.pow, operator.pow, "pow", "__pow__"), parse=lambda alias, args, kwargs: (
-               _scalar_exponent(args, kwargs)),
-           # every branch of pow_expr: 0, products, 1/products, sqrt, exp/log (odd, even, fractional)
-           domain="positive", sample_attrs=lambda shape: tuple(
-               {"exponent": p} for p in (0, 1, 2, 3, -2, 0.5, 2.5, -1.5, 5, -6, 17)))
+
+
+def _pow_rule(op_name, inputs, attrs):
+    """torch.pow's type: the base's promoted with the scalar exponent (int ** 2 stays int)."""
+    exponent = attrs["exponent"]
+    shape, dtype, device = elementwise("common")(op_name, (*inputs, exponent), attrs)
+    if not dtype.is_floating_point and exponent < 0:
+        raise RuntimeError(f"fusion: pow: integers to negative integer powers are not allowed "
+                           f"({describe(inputs[0])} ** {exponent}), as in torch")
+    return shape, dtype, device
+
+
+op("pow", "pointwise", _pow_rule, lambda x, exponent: torch.pow(x, exponent),
+   lambda b, out, g, x, exponent: (
+       b.call("mul", g, b.call("mul", b.call("pow", x, exponent=exponent - 1), exponent))
+       if exponent != 0 else  # exactly 0 as torch (x ** -1 * 0 is NaN at x = 0)
+       b.call("mul", b.call("pow", x, exponent=0), 0.0),),
+   triton=lambda a, at, ct: pow_expr(a[0], at["exponent"], ct), promotion="common",
+   aliases=(torch.pow, operator.pow, "pow", "__pow__"), parse=lambda alias, args, kwargs: (
+       _scalar_exponent(args, kwargs)),
+   # every branch of pow_expr: 0, products, 1/products, sqrt, exp/log (odd, even, fractional)
+   domain="positive", sample_attrs=lambda shape: tuple(
+       {"exponent": p} for p in (0, 1, 2, 3, -2, 0.5, 2.5, -1.5, 5, -6, 17)))
 
 
 
@@ -343,8 +356,9 @@ op("extern", "extern", None, None, None, differentiable=True)
 
 
 # ---- Triton spellings that need more than one line of the table ------------------------
-def pow_expr(x: str, p) -> str:
-    """x ** p for a scalar p: exact products for small integers, exp/log otherwise."""
+def pow_expr(x: str, p, ct: str = "tl.float32") -> str:
+    """x ** p for a scalar p: exact products for small integers, exp/log otherwise
+    (integer bases, computed in ``ct`` = an int type, always by products, wrapping as torch)."""
     if p == 0:
         return f"tl.full({x}.shape, 1, {x}.dtype)"  # 1 for every x, inf and NaN included, as torch
     if p == 0.5:
@@ -352,7 +366,7 @@ def pow_expr(x: str, p) -> str:
     if float(p).is_integer() and abs(p) <= 4:
         prod = " * ".join([f"{x}"] * int(abs(p)))
         return f"({prod})" if p > 0 else f"(1.0 / ({prod}))"
-    if float(p).is_integer() and abs(p) <= 64:
+    if float(p).is_integer() and (abs(p) <= 64 or not ct.startswith("tl.float")):
         # binary powering (the ipow helper): a few roundings, where exp(p log x) is off by
         # |p log x| ulps (20 at 1e4 ** 5 in fp32); 1/x first for p < 0, so the product
         # overflows only where the result does

@@ -188,6 +188,22 @@ def test_pointwise_forward_mixed_types(name):
         assert_matches(ours, same, f"{name} on {pair}")
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool], ids=SHORT.get)
+def test_pow_of_integer_tensors_keeps_torchs_types(dtype):
+    """int ** int stays int (wrapping on overflow, as torch), int ** float is float, and
+    a negative integer power of an integer is refused as eager refuses it."""
+    x = torch.arange(-3, 4, device=DEVICE).to(dtype)
+    for exponent in (0, 1, 2, 3, 5, 70, 2.5):
+        (ours,) = run_graph(op_graph("pow", [x], {"exponent": exponent}), [x])
+        expected = torch.pow(x, exponent)
+        assert ours.dtype == expected.dtype, f"** {exponent}"
+        torch.testing.assert_close(ours, expected, equal_nan=True, msg=lambda m: f"** {exponent}\n{m}")
+    with pytest.raises(RuntimeError, match="negative integer powers"):
+        torch.pow(x, -1)
+    with pytest.raises(RuntimeError, match="negative integer powers"):
+        run_graph(op_graph("pow", [x], {"exponent": -1}), [x])
+
+
 @pytest.mark.parametrize("name", _ops_with(lambda d: d.kind == "pointwise"
                                            and "bool" not in d.operand_domains()))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=SHORT.get)
