@@ -175,8 +175,14 @@ def emit_body(nodes, var: dict, fresh) -> list[str]:
         if OPS[n.op].kind == "reduction":
             continue  # a full reduction is stored as per-program partial sums
         var[n] = fresh(f"v{n.id}")
-        expr = OPS[n.op].triton([_operand(n, i, k, var) for k, i in enumerate(n.inputs)],
-                                n.attrs, compute_type(n.dtype))
+        args = [_operand(n, i, k, var) for k, i in enumerate(n.inputs)]
+        if OPS[n.op].wide_fp32 and n.dtype == torch.float32:
+            # fp32 results of these ops are computed in fp64 and rounded once: within
+            # 0.5 ulp, so products with them stay within the 2-ulp goal (docs/NUMERICS.md)
+            args = [f"{a}.to(tl.float64)" if isinstance(x, Node) else a for a, x in zip(args, n.inputs)]
+            expr = f"({OPS[n.op].triton(args, n.attrs, 'tl.float64')}).to(tl.float32)"
+        else:
+            expr = OPS[n.op].triton(args, n.attrs, compute_type(n.dtype))
         body.append(f"{var[n]} = {expr}  # {ir_line(n)}")
     return body
 

@@ -43,25 +43,34 @@ def precise_div(a, b):
     else:
         return a / b
 ''',
+    "sigmoid_of_minus_abs": '''
+@triton.jit
+def sigmoid_of_minus_abs(x):
+    # t = sigmoid(-|x|) = z/(1+z), z = exp(-|x|): exp never sees a positive argument, so
+    # nothing overflows, and t is accurate down to the subnormals. 1 + z rounds; its
+    # error e is exact (Fast2Sum, 1 >= z) and a first-order correction removes it.
+    z = accurate_exp(-tl.abs(x))
+    u = 1.0 + z
+    e = (1.0 - u) + z
+    t = precise_div(z, u)
+    return t - t * precise_div(e, u)
+''',
     "sigmoid": '''
 @triton.jit
 def sigmoid(x):
-    # exp only ever sees -|x|, so nothing overflows. t = sigmoid(-|x|) = z/(1+z) with
-    # z = exp(-|x|) is accurate to a few ulps down to the subnormals; sigmoid(|x|) = 1 - t
-    # rounds once, so the result is exactly 1 (or 0) only where rounding says so
-    # (1/(1+z) gives 1 already at x = 17 in fp32, where the correct result is 1 - 2**-24).
-    z = accurate_exp(-tl.abs(x))
-    t = precise_div(z, 1.0 + z)
+    # the stable form: t = sigmoid(-|x|) for x < 0, and 1 - t for x >= 0, which rounds
+    # once, so the result is exactly 1 (or 0) only where rounding says so (1/(1+z) gives 1
+    # already at x = 17 in fp32, where the correct result is 1 - 2**-24)
+    t = sigmoid_of_minus_abs(x)
     return tl.where(x >= 0, 1.0 - t, t)
 ''',
     "sigmoid_grad": '''
 @triton.jit
 def sigmoid_grad(x):
-    # d sigmoid/dx = z / (1+z)^2 with z = exp(-|x|): accurate in both tails,
-    # where sigmoid(x) * (1 - sigmoid(x)) rounds to 0 (x >= 17 in fp32).
-    z = accurate_exp(-tl.abs(x))
-    s = precise_div(1.0, 1.0 + z)
-    return z * s * s
+    # d sigmoid/dx = sigmoid(x) sigmoid(-x) = t (1 - t), t = sigmoid(-|x|): accurate in
+    # both tails, where eager's sigmoid(x) * (1 - sigmoid(x)) rounds to 0 (x >= 17 in fp32)
+    t = sigmoid_of_minus_abs(x)
+    return t * (1.0 - t)
 ''',
     "tanh": '''
 @triton.jit

@@ -43,6 +43,7 @@ class OpDef:
                                # DECOMPOSITIONS or passes (the tests then need no aliases)
     differentiable: bool = True
     combine: Callable | None = None  # full reductions: (per-program partial sums, n) -> result
+    wide_fp32: bool = False    # fp32 results computed in fp64 and rounded once (the sigmoids)
     form: MatmulForm | None = None  # matmul ops: which operand is A, B and the bias
 
     def operand_domains(self) -> tuple:
@@ -157,14 +158,14 @@ _pointwise("log", "float", torch.log, lambda a, at, ct: f"tl.log({a[0]})",
            aliases=(torch.log, "log"), domain="positive")
 _pointwise("sigmoid", "float", torch.sigmoid, lambda a, at, ct: f"sigmoid({a[0]})",
            lambda b, out, g, x: (b.call("mul", g, b.call("sigmoid_grad", x)),),
-           aliases=(torch.sigmoid, F.sigmoid, "sigmoid", torch.nn.Sigmoid))
-# dσ/dx as its own primitive: recomputed from x as z/(1+z)^2, z = exp(-|x|),
+           aliases=(torch.sigmoid, F.sigmoid, "sigmoid", torch.nn.Sigmoid), wide_fp32=True)
+# dσ/dx as its own primitive: recomputed from x as t(1-t), t = σ(-|x|),
 # accurate in both tails where eager's σ(1-σ) rounds to 0 (x >= 17 in fp32).
 _pointwise("sigmoid_grad", "float",
            lambda x: torch.sigmoid(x) * torch.sigmoid(-x),
            lambda a, at, ct: f"sigmoid_grad({a[0]})",
            lambda b, out, g, x: (b.call("mul", g, b.call("mul", out, b.call(
-               "neg", b.call("tanh", b.call("mul", x, 0.5))))),), internal=True)
+               "neg", b.call("tanh", b.call("mul", x, 0.5))))),), internal=True, wide_fp32=True)
 _pointwise("tanh", "float", torch.tanh, lambda a, at, ct: f"tanh({a[0]})",
            lambda b, out, g, x: (b.call("mul", g, b.call("sub", 1.0, b.call("mul", out, out))),),
            aliases=(torch.tanh, F.tanh, "tanh", torch.nn.Tanh))
@@ -174,7 +175,7 @@ _pointwise("relu", "common", torch.relu, lambda a, at, ct: f"tl.where({a[0]} < 0
 _pointwise("silu", "float", F.silu, lambda a, at, ct: f"{a[0]} * sigmoid({a[0]})",
            lambda b, out, g, x: (b.call("mul", g, b.call(
                "add", b.call("sigmoid", x), b.call("mul", x, b.call("sigmoid_grad", x)))),),
-           aliases=(F.silu, torch.nn.SiLU), parse=_no_kwargs_but("inplace"))
+           aliases=(F.silu, torch.nn.SiLU), parse=_no_kwargs_but("inplace"), wide_fp32=True)
 
 # ---- pointwise: selection and comparison --------------------------------------
 def _pick(b, g, take):
