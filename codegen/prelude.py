@@ -72,6 +72,14 @@ def sigmoid_grad(x):
     t = sigmoid_of_minus_abs(x)
     return t * (1.0 - t)
 ''',
+    "silu_grad": '''
+@triton.jit
+def silu_grad(x):
+    # d silu/dx = sigmoid(x) + x sigmoid(x) sigmoid(-x), from t = sigmoid(-|x|)
+    t = sigmoid_of_minus_abs(x)
+    s = tl.where(x >= 0, 1.0 - t, t)
+    return s + x * (t * (1.0 - t))
+''',
     "tanh": '''
 @triton.jit
 def tanh(x):

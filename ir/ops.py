@@ -15,7 +15,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ir.types import (cast_rule, compute_type, describe, elementwise, meta_rule, sum_to_rule,
+from ir.shape_rules import (addmm_rule, expand_rule, linear_rule, matmul_rule, narrow_rule,
+                            pad_to_rule, permute_rule, reshape_rule, transpose_rule, unsqueeze_rule)
+from ir.types import (cast_rule, compute_type, describe, elementwise, sum_to_rule,
                       triton_type)
 
 # reduction: a full sum/mean that can end a pointwise kernel; reduce: sum_to, run by torch
@@ -173,9 +175,16 @@ _pointwise("relu", "common", torch.relu, lambda a, at, ct: f"tl.where({a[0]} < 0
            lambda b, out, g, x: (b.call("where", b.call("le", x, 0), 0.0, g),),
            aliases=(torch.relu, F.relu, "relu", torch.nn.ReLU), parse=_no_kwargs_but("inplace"))
 _pointwise("silu", "float", F.silu, lambda a, at, ct: f"{a[0]} * sigmoid({a[0]})",
-           lambda b, out, g, x: (b.call("mul", g, b.call(
-               "add", b.call("sigmoid", x), b.call("mul", x, b.call("sigmoid_grad", x)))),),
+           lambda b, out, g, x: (b.call("mul", g, b.call("silu_grad", x)),),
            aliases=(F.silu, torch.nn.SiLU), parse=_no_kwargs_but("inplace"), wide_fp32=True)
+# d silu/dx = σ(x) + x σ'(x) as one primitive, computed wide and rounded once: in fp32 the
+# two terms cancel near the derivative's zero (x = -1.2785); the product chain x * σ(x)
+# still gets its derivative from the rules.
+_pointwise("silu_grad", "float", lambda x: torch.sigmoid(x) * (1 + x * torch.sigmoid(-x)),
+           lambda a, at, ct: f"silu_grad({a[0]})",
+           lambda b, out, g, x: (b.call("mul", g, b.call("mul", b.call("sigmoid_grad", x), b.call(
+               "sub", 2.0, b.call("mul", x, b.call("tanh", b.call("mul", x, 0.5)))))),),
+           internal=True, wide_fp32=True)
 
 # ---- pointwise: selection and comparison --------------------------------------
 def _pick(b, g, take):
@@ -244,43 +253,43 @@ def _sizes(args) -> tuple:
     return tuple(args)
 
 
-op("transpose", "view", meta_rule, lambda x, dim0, dim1: x.transpose(dim0, dim1),
+op("transpose", "view", transpose_rule, lambda x, dim0, dim1: x.transpose(dim0, dim1),
    lambda b, out, g, x, dim0, dim1: (b.call("transpose", g, dim0=dim0, dim1=dim1),),
    aliases=(torch.transpose, "transpose", torch.t, "t"), parse=lambda alias, args, kwargs: (
        (args[:1], {"dim0": 0, "dim1": 1}) if alias in (torch.t, "t")
        else (args[:1], {"dim0": args[1] if len(args) > 1 else kwargs["dim0"],
                         "dim1": args[2] if len(args) > 2 else kwargs["dim1"]})),
    sample_attrs=lambda shape: ({"dim0": 0, "dim1": -1},) if shape else ())
-op("permute", "view", meta_rule, lambda x, dims: x.permute(dims),
+op("permute", "view", permute_rule, lambda x, dims: x.permute(dims),
    lambda b, out, g, x, dims: (b.call("permute", g, dims=tuple(sorted(range(len(dims)),
                                                                      key=lambda i: dims[i]))),),
    aliases=(torch.permute, "permute"), parse=lambda alias, args, kwargs: (
        args[:1], {"dims": _sizes(args[1:] or kwargs["dims"])}),
    sample_attrs=lambda shape: ({"dims": tuple(reversed(range(len(shape))))},))
-op("reshape", "view", meta_rule, lambda x, shape: x.reshape(shape),
+op("reshape", "view", reshape_rule, lambda x, shape: x.reshape(shape),
    lambda b, out, g, x, shape: (b.call("reshape", g, shape=x.shape),),
    aliases=(torch.reshape, "reshape", "view"), parse=lambda alias, args, kwargs: (
        args[:1], {"shape": _sizes(args[1:] or kwargs["shape"])}),
    sample_attrs=lambda shape: ({"shape": (-1,)}, {"shape": tuple(reversed(shape))}))
-op("unsqueeze", "view", meta_rule, lambda x, dim: x.unsqueeze(dim),
+op("unsqueeze", "view", unsqueeze_rule, lambda x, dim: x.unsqueeze(dim),
    lambda b, out, g, x, dim: (b.call("reshape", g, shape=x.shape),),
    aliases=(torch.unsqueeze, "unsqueeze"), parse=lambda alias, args, kwargs: (
        args[:1], {"dim": args[1] if len(args) > 1 else kwargs["dim"]}),
    sample_attrs=lambda shape: ({"dim": 0}, {"dim": -1}))
-op("expand", "view", meta_rule, lambda x, shape: x.expand(shape),
+op("expand", "view", expand_rule, lambda x, shape: x.expand(shape),
    lambda b, out, g, x, shape: (b.call("sum_to", g, shape=x.shape),),
    aliases=("expand",), parse=lambda alias, args, kwargs: (
        args[:1], {"shape": _sizes(args[1:] or kwargs["size"])}),
    sample_attrs=lambda shape: ({"shape": (2, *shape)}, {"shape": tuple(-1 for _ in shape)}))
 
-op("narrow", "view", meta_rule, lambda x, dim, start, length: x.narrow(dim, start, length),
+op("narrow", "view", narrow_rule, lambda x, dim, start, length: x.narrow(dim, start, length),
    lambda b, out, g, x, dim, start, length: (b.call("pad_to", g, dim=dim, start=start, size=x.shape[dim]),),
    aliases=(torch.narrow, "narrow"), parse=lambda alias, args, kwargs: (
        args[:1], dict(zip(("dim", "start", "length"), args[1:]), **kwargs)),
    sample_attrs=lambda shape: ({"dim": -1, "start": 1, "length": shape[-1] - 2},)
    if shape and shape[-1] > 2 else ())
 # the gradient of a narrow: zeros around the slice (torch's slice_backward)
-op("pad_to", "view", meta_rule,
+op("pad_to", "view", pad_to_rule,
    lambda g, dim, start, size: torch.nn.functional.pad(
        g, [0, 0] * (g.dim() - 1 - dim % g.dim()) + [start, size - start - g.shape[dim]]),
    lambda b, out, g, x, dim, start, size: (b.call("narrow", g, dim=dim, start=start,
@@ -328,7 +337,7 @@ class MatmulForm:
     b_transposed: bool = False
 
 
-op("matmul", "matmul", meta_rule, torch.matmul,
+op("matmul", "matmul", matmul_rule, torch.matmul,
    lambda b, out, g, x, y: (b.call("matmul", g, b.call("transpose", y, dim0=-1, dim1=-2)),
                             b.call("matmul", b.call("transpose", x, dim0=-1, dim1=-2), g)),
    aliases=(torch.matmul, operator.matmul, torch.mm, torch.bmm, "matmul", "mm", "bmm", "__matmul__"),
@@ -344,9 +353,9 @@ def _linear_vjp(b, out, g, x, w, bias=None):
     return (gx, gw) + ((b.call("sum_to", g, shape=bias.shape),) if bias is not None else ())
 
 
-op("linear", "matmul", meta_rule, lambda x, w, bias=None: F.linear(x, w, bias),
+op("linear", "matmul", linear_rule, lambda x, w, bias=None: F.linear(x, w, bias),
    _linear_vjp, aliases=(F.linear, torch.nn.Linear), form=MatmulForm(a=0, b=1, bias=2, b_transposed=True))
-op("addmm", "matmul", meta_rule, lambda bias, x, w: torch.addmm(bias, x, w),
+op("addmm", "matmul", addmm_rule, lambda bias, x, w: torch.addmm(bias, x, w),
    lambda b, out, g, bias, x, w: (b.call("sum_to", g, shape=bias.shape),
                                   b.call("matmul", g, b.call("transpose", w, dim0=0, dim1=1)),
                                   b.call("matmul", b.call("transpose", x, dim0=0, dim1=1), g)),

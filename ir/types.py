@@ -37,14 +37,20 @@ def device_of(op: str, inputs) -> torch.device:
 
 
 def broadcast_shape(op: str, inputs) -> tuple:
-    """torch broadcasting; the error names the op and the shapes, with eager's type."""
-    shapes = [n.shape for n in inputs if isinstance(n, Node)]
-    try:
-        return tuple(torch.broadcast_shapes(*shapes))
-    except RuntimeError:
-        raise RuntimeError(
-            f"fusion: {op}: shapes {' and '.join(str(list(s)) for s in shapes)} "
-            f"do not broadcast") from None
+    """torch broadcasting; the error names the op and the shapes, with eager's type.
+    (Written out: torch.broadcast_shapes imports sympy on first use, ~0.5 s.)"""
+    shapes = [tuple(n.shape) for n in inputs if hasattr(n, "shape")]
+    rank = max((len(s) for s in shapes), default=0)
+    out = [1] * rank
+    for s in shapes:
+        for i, size in enumerate(s, start=rank - len(s)):
+            if size != 1 and out[i] not in (1, size):
+                raise RuntimeError(
+                    f"fusion: {op}: shapes {' and '.join(str(list(t)) for t in shapes)} "
+                    f"do not broadcast")
+            if size != 1:
+                out[i] = size  # 0 wins over 1, as in torch
+    return tuple(out)
 
 
 def promote(inputs) -> torch.dtype:

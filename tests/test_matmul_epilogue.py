@@ -301,7 +301,7 @@ def test_generated_source_reads_like_the_tutorial():
     q, k = rand(37, 19), rand(53, 19)
     src = fusion.explain(gating, q, k).kernels[0].source
     for piece in ("stride_am, stride_ak", "stride_bk, stride_bn", "offs_m", "GROUP_M: tl.constexpr",
-                  "mask=mask", "tl.dot(a, b, acc", "sigmoid(acc)", "# acc is %3 = matmul"):
+                  "mask=mask", "tl.dot(a, b, acc", "sigmoid(acc", "# acc is %3 = matmul"):
         assert piece in src, piece
 
 
