@@ -16,6 +16,13 @@ os.environ.setdefault("FUSION_CACHE_DIR", tempfile.mkdtemp(prefix="fusion-test-c
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# The files whose tensors follow FUSION_TEST_DEVICE; the others build CPU tensors to test
+# the interpreter path, so a CUDA run (benchmarks/gpu_check.sh) skips them.
+DEVICE_AWARE = {"test_autograd.py", "test_bad_inputs.py", "test_cache_and_logging.py",
+                "test_gpu_compile.py", "test_matmul_epilogue.py", "test_op_table.py",
+                "test_pointwise_chains.py", "test_sigmoid_numerics.py", "test_training.py",
+                "test_input_catalogue.py"}
+
 
 @pytest.fixture
 def device():
@@ -24,6 +31,12 @@ def device():
 
 
 def pytest_collection_modifyitems(config, items):
+    if DEVICE != "cpu":
+        cpu_only = pytest.mark.skip(reason="builds CPU tensors (interpreter path): run without "
+                                           "FUSION_TEST_DEVICE")
+        for item in items:
+            if item.path.name not in DEVICE_AWARE:
+                item.add_marker(cpu_only)
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:

@@ -26,6 +26,10 @@ def test_cell_matches_torch_lstmcell():
 def test_gates_and_state_update_are_one_kernel_with_strided_chunks():
     cell, x, h, c = _inputs()
     report = fusion.explain(cell, x, h.requires_grad_(), c.requires_grad_())
+    # the two matmuls (x @ W_ih.T stays cuBLAS; h @ W_hh.T carries "+ x W + b" as its
+    # epilogue) plus ONE kernel for every gate nonlinearity and the state update
+    assert sorted(k.kind for k in report.kernels) == ["matmul", "pointwise"], report
+    assert report.graph.count("= matmul(") == 2
     gate_kernels = [k for k in report.kernels if "sigmoid" in k.name]
     assert len(gate_kernels) == 1, [k.name for k in report.kernels]
     gate = gate_kernels[0]
