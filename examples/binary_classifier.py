@@ -59,7 +59,8 @@ def train(model, x, y, steps, lr=0.1):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--plot", default=None, help="write the two loss curves to this PNG")
+    parser.add_argument("--plot", default="binary_classifier_loss.png",
+                        help="PNG for the two loss curves (written where matplotlib is installed)")
     args = parser.parse_args()
     torch.manual_seed(0)
     eager = BinaryClassifier().to(DEVICE)
