@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from fusion.backend import describe
 
 

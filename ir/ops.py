@@ -9,7 +9,7 @@ to it. Adding an op means adding one entry here; the tests sweep this table.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch

@@ -25,6 +25,16 @@ DEVICE_AWARE = {"test_autograd.py", "test_bad_inputs.py", "test_cache_and_loggin
 
 
 @pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty kernel cache directory and no kernel loaded yet in this process."""
+    import codegen.cache as cache
+    monkeypatch.setenv("FUSION_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "_loaded", {})
+    monkeypatch.setattr(cache, "_fallback_dir", None)
+    return tmp_path / "cache" / "kernels"
+
+
+@pytest.fixture
 def device():
     """The device tests put their tensors on (cpu: interpreter kernels)."""
     return torch.device(DEVICE)

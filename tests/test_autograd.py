@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import fusion
+from examples_models import CHAINS, gated, mixed, swish  # noqa: F401
 from helpers import (DEVICE, INTERPRETED, SHORT, TOL, one_ulp, op_graph, plan_of, sample,
                      shape_cases)
 from ir.autodiff import backward_graph
@@ -113,20 +114,7 @@ def test_vjp_rule_matches_eager_autograd(name, case):
 
 # ---- the chains: gradients vs eager in every float type ----------------------------
 
-def swish(x):
-    return x * torch.sigmoid(x)
 
-
-def gated(x, g, b):
-    return x * torch.sigmoid(g) + b
-
-
-def mixed(x, y):
-    return torch.relu(x) * torch.sigmoid(y) - torch.tanh(x)
-
-
-CHAINS = {"swish": (swish, [(37, 53)]), "gated": (gated, [(37, 53), (37, 53), (53,)]),
-          "mixed": (mixed, [(37, 53), (37, 53)])}
 
 
 def _grad_patterns(n):

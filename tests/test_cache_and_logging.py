@@ -30,13 +30,6 @@ def _args(requires_grad=False):
             for s in ((37, 53), (37, 53), (53,))]
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    """An empty cache directory and no kernel loaded yet in this process."""
-    monkeypatch.setenv("FUSION_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(cache, "_loaded", {})
-    monkeypatch.setattr(cache, "_fallback_dir", None)
-    return tmp_path / "cache" / "kernels"
 
 
 def test_fusion_log_code_prints_every_generated_kernel(fresh_cache, monkeypatch, capfd):

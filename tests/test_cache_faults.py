@@ -14,12 +14,6 @@ def chain(x, g):
     return x * torch.sigmoid(g) - torch.tanh(x)
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FUSION_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(cache, "_loaded", {})
-    monkeypatch.setattr(cache, "_fallback_dir", None)
-    return tmp_path / "cache" / "kernels"
 
 
 def _run(x, g):

@@ -15,28 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusion
-from examples_models import BinaryClassifier
+from examples_models import CHAINS, BinaryClassifier, gated, mixed, swish  # noqa: F401
 from helpers import (DEVICE, FLOATS, INTERPRETED, SHORT, TOL, assert_matches, one_ulp, plan_of,
                      sample)
 from ir.graph import Graph
 from ir.ops import OPS
 
 
-def swish(x):
-    return x * torch.sigmoid(x)
 
-
-def gated(x, g, b):
-    return x * torch.sigmoid(g) + b
-
-
-def mixed(x, y):
-    return torch.relu(x) * torch.sigmoid(y) - torch.tanh(x)
-
-
-# chain, its operand shapes (b broadcast along rows)
-CHAINS = {"swish": (swish, [(37, 53)]), "gated": (gated, [(37, 53), (37, 53), (53,)]),
-          "mixed": (mixed, [(37, 53), (37, 53)])}
 
 
 def _inputs(shapes, dtype, layout="contiguous", seed=0):
