@@ -100,7 +100,10 @@ def emit_pointwise(spec: PointwiseSpec, name: str | None = None) -> EmittedKerne
         if OPS[out.op].kind == "reduction":
             src = var[out.inputs[0]]
             params.append((ptr, f"%{out.id} = {out.op}(%{out.inputs[0].id}): one partial sum per program"))
-            stores.append(f"tl.store({ptr} + pid, tl.sum(tl.where(mask, {src}, 0), axis=0))"
+            acc = "tl.float64" if out.inputs[0].dtype == torch.float64 else (
+                "tl.float32" if out.inputs[0].dtype.is_floating_point else "tl.int64")
+            # widen before reducing: an int32 (or bool) sum must not wrap inside the kernel
+            stores.append(f"tl.store({ptr} + pid, tl.sum(tl.where(mask, {src}, 0).to({acc}), axis=0))"
                           f"  # partial {out.op} of %{out.inputs[0].id}")
             continue
         params.append((ptr, f"%{out.id}: {out.type_str()}, written contiguous"))

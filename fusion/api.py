@@ -33,7 +33,6 @@ class CompiledModule(torch.nn.Module):
             self._parameters = model._parameters
             self._buffers = model._buffers
             self._modules = model._modules
-            self.training = model.training
         fn = model.forward if isinstance(model, torch.nn.Module) else model
         try:
             self._signature = inspect.signature(fn)
@@ -61,10 +60,25 @@ class CompiledModule(torch.nn.Module):
             self.__dict__["_gm"], self._trace_error = None, e
 
     # ---- nn.Module behaviour delegated to the original ---------------------------
+    @property
+    def training(self) -> bool:
+        """The original module's mode (model.train()/eval() on either is seen)."""
+        orig = self.__dict__.get("_orig")
+        return orig.training if isinstance(orig, torch.nn.Module) else self.__dict__.get("_training", True)
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        orig = self.__dict__.get("_orig")
+        if isinstance(orig, torch.nn.Module):
+            orig.training = mode
+        else:
+            self.__dict__["_training"] = mode
+
     def train(self, mode: bool = True):
         if isinstance(self._orig, torch.nn.Module):
             self._orig.train(mode)
-        self.training = mode
+        else:
+            self.training = mode
         return self
 
     def __repr__(self) -> str:
@@ -74,9 +88,16 @@ class CompiledModule(torch.nn.Module):
     def forward(self, *args, **kwargs):
         if self._eager_reason is not None:
             return self._orig(*args, **kwargs)
+        if _autocast_on():
+            self._warn_once("autocast", "fusion: autocast is not applied by fused kernels yet; "
+                            "calls under torch.autocast run eagerly.")
+            return self._orig(*args, **kwargs)
         args = self._bind(args, kwargs)
         key = self._guard_key(args)
         plan = self._plans.get(key)
+        if plan is not None and not _modules_unchanged(self._orig, plan.captured.modules):
+            del self._plans[key]  # a submodule was replaced or switched train/eval: rebuild
+            plan = None
         if plan is None:
             if len(self._plans) >= self._limit:
                 self._warn_limit(key)
@@ -113,16 +134,16 @@ class CompiledModule(torch.nn.Module):
     def build_plan(self, args: tuple, gm: fx.GraphModule) -> Plan:
         """Capture, optimise, partition and prepare kernels for this signature."""
         captured = lower(gm, args, root=self._orig)
-        tensors = [a for a in args if isinstance(a, torch.Tensor)] + [
-            _fetch(self._orig, p.name) for p in captured.graph.params]
+        tensors = _tensors(args) + [_fetch(self._orig, p.name) for p in captured.graph.params]
         device = tensors[0].device if tensors else torch.device("cpu")
         plan = Plan(captured.graph, mode_for(device))
         plan.captured = captured
+        plan.param_names = [p.name for p in plan.graph.params]
         return plan
 
     def _call_plan(self, plan: Plan, args: tuple):
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        params = {p.name: _fetch(self._orig, p.name) for p in plan.graph.params}
+        tensors = _tensors(args)
+        params = {name: _fetch(self._orig, name) for name in plan.param_names}
         outs = iter(plan.run(tensors, params))
         cap = plan.captured
         leaves = [next(outs) if _is_node(x) else x for x in cap.out_leaves]
@@ -139,7 +160,8 @@ class CompiledModule(torch.nn.Module):
         return tuple(bound.args) + tuple(bound.kwargs.values())
 
     def _guard_key(self, args) -> tuple:
-        key = [self.training, torch.is_autocast_enabled()]
+        training = self._orig.training if isinstance(self._orig, torch.nn.Module) else True
+        key = [training, torch.get_default_dtype()]
         for a in args:
             key.append(_describe(a))
         for name, p in self.named_parameters():
@@ -147,6 +169,12 @@ class CompiledModule(torch.nn.Module):
         for name, b in self.named_buffers():
             key.append((name, b.shape, b.dtype, b.device))
         return tuple(key)
+
+    def _warn_once(self, what: str, message: str):
+        warned = self.__dict__.setdefault("_warned", set())
+        if what not in warned:
+            warned.add(what)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     def _warn_limit(self, key):
         if self._warned_limit:
@@ -164,11 +192,50 @@ class CompiledModule(torch.nn.Module):
 
 
 def _describe(a):
+    """What a call's argument contributes to the guard key. Containers are walked
+    (their tensors are graph inputs); other objects are guarded by identity, held by
+    the key so that a new object can never reuse an old one's id."""
     if isinstance(a, torch.Tensor):
         return ("tensor", a.shape, a.stride(), a.dtype, a.device, a.requires_grad)
     if isinstance(a, (bool, int, float, str, type(None), torch.dtype, torch.device)):
         return (type(a).__name__, a)
-    return (type(a).__name__, id(a))
+    if isinstance(a, (list, tuple, dict)):
+        leaves, spec = pytree.tree_flatten(a)
+        return (str(spec), tuple(_describe(v) for v in leaves))
+    return ("object", _Identity(a))
+
+
+class _Identity:
+    """Equal only to the same object; keeps it alive while a plan keyed on it exists."""
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __eq__(self, other):
+        return isinstance(other, _Identity) and other.obj is self.obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+
+def _tensors(args) -> list:
+    """The tensor leaves of the arguments, in the order capture made them inputs."""
+    return [t for t in pytree.tree_leaves(list(args)) if isinstance(t, torch.Tensor)]
+
+
+def _modules_unchanged(root, modules: dict) -> bool:
+    """The submodules a plan was built with are still in place, in the same mode."""
+    for qualname, (mod, training) in (modules or {}).items():
+        try:
+            now = root.get_submodule(qualname)
+        except AttributeError:
+            return False
+        if now is not mod or now.training != training:
+            return False
+    return True
+
+
+def _autocast_on() -> bool:
+    return any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
 
 
 def _is_node(x) -> bool:

@@ -58,6 +58,15 @@ class MatmulVariant:
         return str(source_path(self.emitted.name, self.emitted.source))
 
 
+def _tf32_enabled() -> bool:
+    # torch >= 2.9 has fp32_precision; reading allow_tf32 after a user set the new API
+    # raises ("mix of the legacy and new APIs"), so ask the new one first
+    new = getattr(torch.backends.cuda.matmul, "fp32_precision", "none")
+    if new not in (None, "none"):
+        return new == "tf32"
+    return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
 class MatmulKernel:
     """Runs one matmul group (anchor + pointwise epilogue) as a single Triton kernel."""
 
@@ -140,8 +149,9 @@ class MatmulKernel:
     def precision(self) -> str:
         """tl.dot's input precision for fp32: tf32 exactly when torch would use it
         (CUDA and ``torch.backends.cuda.matmul.allow_tf32``); CPU torch never does."""
-        tf32 = self.mode == TRITON and torch.backends.cuda.matmul.allow_tf32
-        return "tf32" if tf32 and self.a.dtype == torch.float32 else "ieee"
+        if self.mode != TRITON or self.a.dtype != torch.float32:
+            return "ieee"
+        return "tf32" if _tf32_enabled() else "ieee"
 
     def variant_for(self, layout: MatmulLayout, extras: tuple = (),
                     precision: str | None = None) -> MatmulVariant:

@@ -63,17 +63,18 @@ def partition(graph: Graph) -> list[Group]:
         if same:
             # join (and so horizontally merge) every equal-shape user group, if acyclic
             merged = {n, *[m for gid in same for m in members[gid]]}
-            if _acyclic(merged, users):
+            if _acyclic(merged, users, group_of, members):
                 target = same
             else:
                 for gid in same:
-                    if _acyclic({n, *members[gid]}, users):
+                    if _acyclic({n, *members[gid]}, users, group_of, members):
                         target = [gid]
                         break
         elif (len(pointwise_users) == 1 and n not in is_output
               and all(u in group_of for u in users[n])):
             (gid,) = pointwise_users
-            if _broadcasts(n.shape, shape_of[gid]) and _acyclic({n, *members[gid]}, users):
+            if (_broadcasts(n.shape, shape_of[gid])
+                    and _acyclic({n, *members[gid]}, users, group_of, members)):
                 target = [gid]
         if target is None:
             gid, next_id = next_id, next_id + 1
@@ -95,7 +96,8 @@ def partition(graph: Graph) -> list[Group]:
             continue
         src = n.inputs[0]
         gid = group_of.get(src)
-        if gid is not None and shape_of[gid] == src.shape and _acyclic({n, *members[gid]}, users):
+        if (gid is not None and shape_of[gid] == src.shape
+                and _acyclic({n, *members[gid]}, users, group_of, members)):
             members[gid].append(n)
             group_of[n] = gid
 
@@ -111,7 +113,7 @@ def partition(graph: Graph) -> list[Group]:
             if (gid not in anchored and shape_of[gid] == n.shape
                     and all(kind_of(m) == "pointwise" for m in nodes)
                     and not any(i in nodes for i in n.operands())  # A and B come from outside
-                    and _acyclic({n, *nodes}, users)):
+                    and _acyclic({n, *nodes}, users, group_of, members)):
                 anchored.add(gid)
                 nodes.append(n)
                 group_of[n] = gid
@@ -156,7 +158,8 @@ def _merge_siblings(members: dict, shape_of: dict, group_of: dict, skip: set, us
     kept: list[int] = []
     for gid in plain:
         for target in kept:
-            if shape_of[target] == shape_of[gid] and _acyclic({*members[target], *members[gid]}, users):
+            if shape_of[target] == shape_of[gid] and _acyclic(
+                    {*members[target], *members[gid]}, users, group_of, members):
                 for m in members.pop(gid):
                     group_of[m] = target
                     members[target].append(m)
@@ -172,19 +175,25 @@ def _broadcasts(small: tuple, big: tuple) -> bool:
     return all(s in (1, b) for s, b in zip(reversed(small), reversed(big)))
 
 
-def _acyclic(nodes: set, users: dict) -> bool:
-    """No path leaves ``nodes`` and comes back into them."""
+def _acyclic(nodes: set, users: dict, group_of: dict, members: dict) -> bool:
+    """No path leaves ``nodes`` and comes back into them. A node already in another
+    group stands for its whole group (the group runs as one kernel), so a path
+    entering any member continues from every member: two groups can never come to
+    depend on each other."""
     frontier = [u for n in nodes for u in users[n] if u not in nodes]
     seen = set()
     while frontier:
         u = frontier.pop()
         if u in seen:
             continue
-        seen.add(u)
-        for v in users[u]:
-            if v in nodes:
-                return False
-            frontier.append(v)
+        unit = members[group_of[u]] if u in group_of and group_of[u] in members else [u]
+        seen.update(unit)
+        for w in unit:
+            for v in users[w]:
+                if v in nodes:
+                    return False
+                if v not in seen:
+                    frontier.append(v)
     return True
 
 

@@ -75,22 +75,22 @@ def backward_graph(nodes: list[Node], inputs: list[Node], outputs: list[Node],
 
 
 def fit(b: Graph, g: Node, shape: tuple) -> Node:
-    """A gradient kept at a broadcast shape, brought to ``shape``: summed over the
-    broadcast dimensions, or expanded where it is smaller (a full reduction's)."""
-    if g.shape == tuple(shape):
+    """A gradient kept at a broadcast shape, brought to ``shape`` by broadcasting
+    rules: expanded to the common shape of the two (a full reduction passes a 0-d
+    gradient down), then summed over the dimensions ``shape`` broadcast along."""
+    from ir.types import broadcast_shape
+    shape = tuple(shape)
+    if g.shape == shape:
         return g
-    if g.numel < _numel(shape):
-        return b.call("expand", g, shape=tuple(shape))
-    if g.numel == _numel(shape):
-        return b.call("reshape", g, shape=tuple(shape))
-    return b.call("sum_to", g, shape=tuple(shape))
+    common = broadcast_shape("gradient", [g, _Shape(shape)])
+    if g.shape != common:
+        g = b.call("expand", g, shape=common)
+    return g if common == shape else b.call("sum_to", g, shape=shape)
 
 
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+class _Shape:
+    def __init__(self, shape):
+        self.shape = shape
 
 
 def eliminate_dead_code(graph: Graph) -> Graph:

@@ -64,19 +64,32 @@ class Captured:
     graph: Graph
     out_spec: pytree.TreeSpec
     out_leaves: list  # per output leaf: a Node, or a constant to return as is
+    modules: dict = None  # qualname -> (submodule, its training flag) the graph was built with
 
 
 def lower(gm: fx.GraphModule, args: tuple, root=None) -> Captured:
     """Lower the traced module to IR, typed by the example ``args``.
 
-    Parameters and submodules are looked up on ``root`` (the user's module,
-    default ``gm``), so replacing one between calls is seen, never stale.
+    Parameters are looked up on ``root`` (the user's module, default ``gm``) at
+    every call, so replacing one is seen. Submodules are resolved here; the ones
+    used, with their training flags, are recorded in ``Captured.modules`` for the
+    runtime to guard on (a replaced submodule or a train/eval switch rebuilds).
+    Tensors inside list/tuple/dict arguments become graph inputs too.
     """
     root = gm if not isinstance(root, torch.nn.Module) else root
     g = Graph()
     env: dict[fx.Node, object] = {}
     params: dict[str, Node] = {}
+    modules: dict[str, tuple] = {}
     arg_iter = iter(args)
+
+    def submodule(qualname: str):
+        mod = root.get_submodule(qualname)
+        modules[qualname] = (mod, mod.training)
+        return mod
+
+    def input_node(value, name):
+        return g.add_node("input", (), {}, value.shape, value.dtype, value.device, name=name)
 
     def param(qualname: str, value) -> object:
         if not isinstance(value, torch.Tensor):
@@ -89,18 +102,23 @@ def lower(gm: fx.GraphModule, args: tuple, root=None) -> Captured:
     for n in gm.graph.nodes:
         if n.op == "placeholder":
             value = next(arg_iter)
-            env[n] = (g.add_node("input", (), {}, value.shape, value.dtype, value.device, name=n.target)
-                      if isinstance(value, torch.Tensor) else value)
+            if isinstance(value, torch.Tensor):
+                env[n] = input_node(value, n.target)
+            else:  # Python values stay constants (guarded); tensors inside containers are inputs
+                leaves, spec = pytree.tree_flatten(value)
+                env[n] = pytree.tree_unflatten(
+                    [input_node(v, f"{n.target}_{k}") if isinstance(v, torch.Tensor) else v
+                     for k, v in enumerate(leaves)], spec)
         elif n.op == "get_attr":
             env[n] = param(n.target, _fetch(root, n.target))
         elif n.op == "output":
             leaves, spec = pytree.tree_flatten(fx.node.map_arg(n.args[0], env.__getitem__))
             g.outputs = [x for x in leaves if isinstance(x, Node)]
-            return Captured(g, spec, leaves)
+            return Captured(g, spec, leaves, modules)
         else:
             args_ = fx.node.map_arg(n.args, env.__getitem__)
             kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
-            env[n] = _lower_call(g, root, n, args_, kwargs, param)
+            env[n] = _lower_call(g, submodule, n, args_, kwargs, param)
     raise CaptureError("fusion: traced graph has no output")
 
 
@@ -111,10 +129,10 @@ def _fetch(gm, qualname: str):
     return obj
 
 
-def _lower_call(g: Graph, root, n: fx.Node, args, kwargs, param):
+def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
     target, alias = n.target, n.target
     if n.op == "call_module":
-        mod = root.get_submodule(n.target)
+        mod = submodule(n.target)
         if isinstance(mod, _PASSTHROUGH_MODULES) or (isinstance(mod, torch.nn.Dropout) and not mod.training):
             return args[0]
         if isinstance(mod, torch.nn.Linear):
@@ -206,14 +224,21 @@ def _fold(n: fx.Node, target, args, kwargs):
 
 
 def _extern(g: Graph, n: fx.Node, target, args, kwargs, reason: str) -> Node:
-    """A node run by eager torch; its type comes from running it on meta tensors."""
+    """A node run by eager torch; its type comes from running it on meta tensors
+    (or, where an op has no meta kernel, on zeros of the same types)."""
     inputs = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, Node)]
     label = _target_name(n, target)
     attrs = {"target": target, "method": n.op == "call_method", "args": args, "kwargs": kwargs,
              "label": label, "reason": reason}
-    out = _run_on(attrs, meta)
+    try:
+        out = _run_on(attrs, meta)
+        device = inputs[0].device if inputs else torch.device("cpu")
+    except (NotImplementedError, RuntimeError):
+        # no meta kernel (or a device move): learn the type from zeros of the real types
+        out = _run_on(attrs, lambda x: torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+                      if isinstance(x, Node) and x.dtype is not None else x)
+        device = out.device if isinstance(out, torch.Tensor) else torch.device("cpu")
     if isinstance(out, torch.Tensor):
-        device = inputs[0].device if inputs else out.device
         return g.add_node("extern", inputs, attrs, out.shape, out.dtype, device, name=label)
     return g.add_node("extern", inputs, attrs, (), None, inputs[0].device if inputs else "cpu",
                       name=label)

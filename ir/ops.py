@@ -223,6 +223,8 @@ def _parse_cast(alias, args, kwargs):
              "bfloat16": torch.bfloat16, "bool": torch.bool, "long": torch.int64, "int": torch.int32}
     if alias in fixed:
         return args[:1], {"dtype": fixed[alias]}
+    if any(isinstance(a, (torch.device, str)) for a in list(args[1:]) + list(kwargs.values())):
+        raise NotImplementedError(".to(device, ...) moves data between devices: not fused")
     dtypes = [a for a in list(args[1:]) + list(kwargs.values()) if isinstance(a, torch.dtype)]
     rest = [a for a in list(args[1:]) if not isinstance(a, (torch.dtype, torch.device, str))]
     if len(dtypes) != 1 or rest or set(kwargs) - {"dtype", "device"}:

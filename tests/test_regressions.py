@@ -1,0 +1,92 @@
+"""Bugs a review found, each shrunk to the smallest program that showed it."""
+import warnings
+
+import torch
+from torch import nn
+
+import fusion
+
+
+def test_full_reduction_gradient_meets_a_broadcast():
+    # (x * y).sum() with x [1, 4], y [4, 1]: x's gradient is sum(y) in every column
+    for xs, ys in (((1, 4), (4, 1)), ((1, 5), (4, 1))):
+        x = torch.randn(xs, dtype=torch.float64, requires_grad=True)
+        y = torch.randn(ys, dtype=torch.float64, requires_grad=True)
+        torch.autograd.gradcheck(fusion.compile(lambda x, y: (x * y).sum()), (x, y), fast_mode=True)
+
+
+def test_fused_integer_sum_does_not_wrap_at_32_bits():
+    x = torch.full((64,), 2**30, dtype=torch.int32)
+    fn = lambda x: (x + 1).sum()  # noqa: E731
+    assert fusion.compile(fn)(x).item() == fn(x).item() == 64 * (2**30 + 1)
+
+
+def test_partition_never_makes_two_groups_depend_on_each_other():
+    def f(x, y):
+        b = -torch.exp(x).sum(0)              # group 1 -> extern -> group 2
+        d = -torch.exp(y).repeat(4, 1)        # group 2 -> extern -> group 1, if merged
+        return b, d
+
+    x, y = torch.randn(4, 8), torch.randn(8)
+    for ours, ref in zip(fusion.compile(f)(x, y), f(x, y)):
+        torch.testing.assert_close(ours, ref)
+
+
+def test_tensors_inside_lists_are_inputs_not_constants():
+    fast = fusion.compile(lambda xs, y: torch.sigmoid(xs[0]) * 2 + xs[1] * y)
+    y = torch.ones(4)
+    for i in range(4):
+        xs = [torch.full((4,), float(i)), torch.full((4,), -float(i))]
+        torch.testing.assert_close(fast(xs, y), torch.sigmoid(xs[0]) * 2 + xs[1] * y)
+    assert len(fast._plans) == 1
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        return self.act(self.drop(torch.sigmoid(x) * 3))
+
+
+def test_train_eval_switch_on_the_original_is_seen():
+    model = _Net().eval()
+    fast = fusion.compile(model)
+    x = torch.randn(1000)
+    fast(x)
+    model.train()  # on the original, after compiling
+    assert fast.training
+    assert (fast(x) == 0).sum() > 300  # dropout now runs
+    model.drop.eval()  # one submodule alone
+    torch.testing.assert_close(fast(x), model(x))
+
+
+def test_replaced_submodule_is_seen():
+    model = _Net().eval()
+    fast = fusion.compile(model)
+    x = torch.randn(50)
+    fast(x)
+    model.act = nn.Tanhshrink()
+    torch.testing.assert_close(fast(x), model(x))
+
+
+def test_autocast_runs_eagerly_with_one_warning():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid())
+    fast = fusion.compile(model)
+    x = torch.randn(2, 4)
+    with warnings.catch_warnings(record=True) as caught, torch.autocast("cpu", torch.bfloat16):
+        warnings.simplefilter("always")
+        out, ref = fast(x), model(x)
+        fast(x)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert sum("autocast" in str(w.message) for w in caught) == 1
+
+
+def test_to_with_a_device_is_not_treated_as_a_cast():
+    x = torch.randn(3)
+    report = fusion.explain(lambda x: torch.sigmoid(x.to("cpu", torch.float64)), x)
+    assert any("to" in op for op, _ in report.extern)
+    torch.testing.assert_close(fusion.compile(lambda x: torch.sigmoid(x.to("cpu", torch.float64)))(x),
+                               torch.sigmoid(x.double()))
