@@ -18,7 +18,7 @@ import torch
 from codegen.prelude import helpers_used
 from ir.graph import Node
 from ir.ops import OPS
-from ir.types import compute_type, promote
+from ir.types import compute_type, promote, triton_type
 
 FLAT, STRIDED, SCALAR = "flat", "strided", "scalar"
 
@@ -119,7 +119,7 @@ def emit_pointwise(spec: PointwiseSpec, name: str | None = None) -> EmittedKerne
     out += [f"    {p},  # {c}" for p, c in params]
     out += ["    BLOCK_SIZE: tl.constexpr,  # elements handled by one program", "):"]
     pid = "tl.program_id(axis=0).to(tl.int64)" if spec.int64 else "tl.program_id(axis=0)"
-    reads = sum(1 for lay in spec.layouts) or 0
+    reads = len(spec.layouts)
     out += [f"    # memory traffic: {reads} read(s) and {len(spec.outputs)} write(s) per element",
             f"    pid = {pid}",
             "    offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)",
@@ -165,7 +165,7 @@ def store_cast(value: str, dtype: torch.dtype, ptr: str) -> str:
 def load_cast(node: Node) -> str:
     """The ``.to(...)`` a loaded value needs: half types are computed in fp32."""
     want = compute_type(node.dtype)
-    return f".to({want})" if want != _storage(node.dtype) else ""
+    return f".to({want})" if want != triton_type(node.dtype) else ""
 
 
 def emit_body(nodes, var: dict, fresh) -> list[str]:
@@ -188,11 +188,6 @@ def emit_body(nodes, var: dict, fresh) -> list[str]:
             expr = OPS[n.op].triton(args, n.attrs, compute_type(n.dtype))
         body.append(f"{var[n]} = {expr}  # {ir_line(n)}")
     return body
-
-
-def _storage(dtype: torch.dtype) -> str:
-    from ir.types import triton_type
-    return triton_type(dtype)
 
 
 def _operand(n: Node, x, k: int, var: dict) -> str:

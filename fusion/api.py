@@ -10,7 +10,7 @@ import torch.utils._pytree as pytree
 
 from fusion.backend import mode_for
 from fusion.plan import Plan
-from ir.capture import CaptureError, lower, trace
+from ir.capture import CaptureError, fetch_attr, lower, trace
 
 DEFAULT_RECOMPILE_LIMIT = 8
 
@@ -134,7 +134,7 @@ class CompiledModule(torch.nn.Module):
     def build_plan(self, args: tuple, gm: fx.GraphModule) -> Plan:
         """Capture, optimise, partition and prepare kernels for this signature."""
         captured = lower(gm, args, root=self._orig)
-        tensors = _tensors(args) + [_fetch(self._orig, p.name) for p in captured.graph.params]
+        tensors = _tensors(args) + [fetch_attr(self._orig, p.name) for p in captured.graph.params]
         device = tensors[0].device if tensors else torch.device("cpu")
         plan = Plan(captured.graph, mode_for(device))
         plan.captured = captured
@@ -143,7 +143,7 @@ class CompiledModule(torch.nn.Module):
 
     def _call_plan(self, plan: Plan, args: tuple):
         tensors = _tensors(args)
-        params = {name: _fetch(self._orig, name) for name in plan.param_names}
+        params = {name: fetch_attr(self._orig, name) for name in plan.param_names}
         outs = iter(plan.run(tensors, params))
         cap = plan.captured
         leaves = [next(outs) if _is_node(x) else x for x in cap.out_leaves]
@@ -242,12 +242,6 @@ def _is_node(x) -> bool:
     from ir.graph import Node
     return isinstance(x, Node)
 
-
-def _fetch(root, qualname: str):
-    obj = root
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def compile(model, *, fallback: str = "error",

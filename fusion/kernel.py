@@ -17,6 +17,7 @@ from codegen.cache import load_kernel, source_path
 from codegen.pointwise import STRIDED, EmittedKernel, PointwiseSpec, emit_pointwise
 from fusion.backend import INTERPRETER
 from fusion.layout import Layout, plan_layout
+from ir.graph import numel
 from ir.ops import OPS
 
 
@@ -26,22 +27,21 @@ class Variant:
     emitted: EmittedKernel
     fn: object
     layout: Layout
-    example: list  # (dtype, shape, stride, is_pointer) per argument, for compile_for
+    example: list  # per kernel argument ("ptr", dtype) or ("int", value), for compile_for
 
     @property
     def path(self) -> str:
         return str(source_path(self.emitted.name, self.emitted.source))
 
 
-class PointwiseKernel:
-    """Runs one pointwise group as a single Triton kernel."""
+class FusedKernel:
+    """What every kernel family shares: its group, where it runs, its backward plans
+    (one per pattern of needed input gradients, built on first use) and the launch."""
 
     def __init__(self, group, mode: str, role: str = "forward"):
         self.group = group
         self.mode = mode
         self.role = role
-        self.variants: dict[tuple, Variant] = {}
-        self._by_strides: dict[tuple, Variant] = {}
         self.backward_plans: dict[tuple, object] = {}
 
     def backward_plan(self, needs: tuple):
@@ -51,12 +51,34 @@ class PointwiseKernel:
             self.backward_plans[needs] = BackwardPlan(self, needs)
         return self.backward_plans[needs]
 
+    def launch(self, fn, grid, args: list, **constexprs) -> None:
+        """``fn[grid](*args, **constexprs)``; in the interpreter one launch at a time,
+        as it patches triton.language while it runs."""
+        if self.mode == INTERPRETER:
+            with _INTERPRETER_LOCK:
+                fn[grid](*args, **constexprs)
+        else:
+            fn[grid](*args, **constexprs)
+
+
+def log_source(role: str, name: str, source: str) -> None:
+    """``FUSION_LOG=code``: print each generated kernel as it is compiled."""
+    if os.environ.get("FUSION_LOG", "") in ("code", "output_code"):
+        print(f"# fusion: {role} kernel {name}\n{source}", file=sys.stderr)
+
+
+class PointwiseKernel(FusedKernel):
+    """Runs one pointwise group as a single Triton kernel."""
+
+    def __init__(self, group, mode: str, role: str = "forward"):
+        super().__init__(group, mode, role)
+        self.variants: dict[tuple, Variant] = {}
+        self._by_strides: dict[tuple, Variant] = {}
+
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         shape = self.group.shape
         device = self.group.outputs[0].device
-        n = 1
-        for s in shape:
-            n *= s
+        n = numel(shape)
         block = _block_size(n, self.mode)
         grid = ((n + block - 1) // block,)
         # element outputs are written whole; a full reduction gets one partial per program
@@ -73,11 +95,7 @@ class PointwiseKernel:
             args += outs
             args += list(variant.layout.sizes[1:])
             args.append(n)
-            if self.mode == INTERPRETER:
-                with _INTERPRETER_LOCK:  # the interpreter patches triton.language while it runs
-                    variant.fn[grid](*args, BLOCK_SIZE=block)
-            else:
-                variant.fn[grid](*args, BLOCK_SIZE=block)
+            self.launch(variant.fn, grid, args, BLOCK_SIZE=block)
         return [OPS[o.op].combine(t, n).to(o.dtype) if _is_reduction(o) else t
                 for o, t in zip(self.group.outputs, outs)]
 
@@ -98,17 +116,14 @@ class PointwiseKernel:
         spec = PointwiseSpec(tuple(g.nodes), tuple(g.inputs), layout.kinds, tuple(g.outputs),
                              len(layout.sizes), layout.int64)
         emitted = emit_pointwise(spec)
-        if os.environ.get("FUSION_LOG", "") in ("code", "output_code"):
-            print(f"# fusion: {self.role} kernel {emitted.name}\n{emitted.source}", file=sys.stderr)
+        log_source(self.role, emitted.name, emitted.source)
         fn = load_kernel(emitted.name, emitted.source)
         example = []
         for t, kind, strides in zip(inputs, layout.kinds, layout.strides):
             example.append(("ptr", t.dtype))
             example += [("int", s) for s in (strides if kind == STRIDED else ())]
         example += [("ptr", _partial_dtype(o) if _is_reduction(o) else o.dtype) for o in g.outputs]
-        n = 1
-        for s in layout.sizes:
-            n *= s
+        n = numel(layout.sizes)
         example += [("int", s) for s in layout.sizes[1:]] + [("int", n)]
         return Variant(emitted, fn, layout, example)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from codegen.pointwise import FLAT, SCALAR, STRIDED
+from ir.graph import numel
 
 INT32_MAX = 2**31 - 1
 
@@ -36,9 +37,6 @@ def broadcast_strides(t: torch.Tensor, shape: tuple) -> list[int]:
 
 def plan_layout(shape: tuple, tensors: list[torch.Tensor]) -> Layout:
     """Collapse ``shape`` and classify each input; see the module docstring."""
-    numel = 1
-    for s in shape:
-        numel *= s
     full = [broadcast_strides(t, shape) for t in tensors]
     dims = [d for d, s in enumerate(shape) if s != 1]
     sizes = [shape[d] for d in dims]
@@ -56,7 +54,7 @@ def plan_layout(shape: tuple, tensors: list[torch.Tensor]) -> Layout:
         else:
             kinds.append(STRIDED)
             kept.append(tuple(st))
-    reach = max([numel] + [_max_offset(t) for t in tensors])
+    reach = max([numel(shape)] + [_max_offset(t) for t in tensors])
     return Layout(tuple(sizes), tuple(kept), tuple(kinds), reach > INT32_MAX)
 
 

@@ -11,8 +11,6 @@ result and recomputing it: see ``recompute_in_backward``.
 """
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +19,7 @@ from codegen.cache import load_kernel, source_path
 from codegen.matmul import HALF, TILE, MatmulEmitted, MatmulSpec, emit_matmul
 from codegen.prelude import helpers_used
 from fusion.backend import INTERPRETER, TRITON
+from fusion.kernel import FusedKernel, log_source
 from fusion.matmul_layout import MatmulLayout, plan_matmul_layout
 from fusion.matmul_tiles import TileConfig, gpu_candidates, interpreter_config
 from ir.ops import OPS
@@ -67,13 +66,11 @@ def _tf32_enabled() -> bool:
     return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
-class MatmulKernel:
+class MatmulKernel(FusedKernel):
     """Runs one matmul group (anchor + pointwise epilogue) as a single Triton kernel."""
 
     def __init__(self, group, mode: str, role: str = "forward"):
-        self.group = group
-        self.mode = mode
-        self.role = role
+        super().__init__(group, mode, role)
         self.anchor = next(n for n in group.nodes if OPS[n.op].kind == "matmul")
         form = OPS[self.anchor.op].form
         ins = self.anchor.inputs
@@ -91,14 +88,6 @@ class MatmulKernel:
         self.keep_for_backward = () if self.recompute else (self.anchor,)
         self.variants: dict[tuple, MatmulVariant] = {}
         self._layouts: dict[tuple, MatmulLayout] = {}
-        self.backward_plans: dict[tuple, object] = {}
-
-    def backward_plan(self, needs: tuple):
-        """The backward of this group for one pattern of needed input gradients (cached)."""
-        from fusion.autograd import BackwardPlan
-        if needs not in self.backward_plans:
-            self.backward_plans[needs] = BackwardPlan(self, needs)
-        return self.backward_plans[needs]
 
     def __call__(self, inputs: list[torch.Tensor], keep: tuple = ()) -> list[torch.Tensor]:
         """The group's outputs, then one tensor per ``keep`` node (written too)."""
@@ -128,11 +117,11 @@ class MatmulKernel:
                 variant.tuned = _autotuned(variant)
             grid = lambda meta: (triton_cdiv(M, meta["BLOCK_M"]) * triton_cdiv(N, meta["BLOCK_N"]),
                                  layout.batch_count)
-            variant.tuned[grid](*args, **half)
+            self.launch(variant.tuned, grid, args, **half)
         else:
             cfg = interpreter_config(M, N, layout.K)
             grid = (triton_cdiv(M, cfg.BLOCK_M) * triton_cdiv(N, cfg.BLOCK_N), layout.batch_count)
-            variant.fn[grid](*args, **cfg.constexprs, **half)
+            self.launch(variant.fn, grid, args, **cfg.constexprs, **half)
         return self._with_keep(outs, outputs, keep)
 
     def _with_keep(self, outs, outputs, keep):
@@ -169,8 +158,7 @@ class MatmulKernel:
         spec = MatmulSpec(self.anchor, self.bias, tuple(self.epilogue), tuple(self.epilogue_inputs),
                           layout.kinds, tuple(outputs), len(layout.batch), layout.int64, precision)
         emitted = emit_matmul(spec, self.a, self.b, self.b_transposed)
-        if os.environ.get("FUSION_LOG", "") in ("code", "output_code"):
-            print(f"# fusion: {self.role} kernel {emitted.name}\n{emitted.source}", file=sys.stderr)
+        log_source(self.role, emitted.name, emitted.source)
         fn = load_kernel(emitted.name, emitted.source)
         heavy = epilogue_weight(self.epilogue, layout.kinds) > 3
         candidates = gpu_candidates(layout.M, layout.N, layout.K, self.a.dtype, precision, heavy)

@@ -42,6 +42,7 @@ class Group:
 
 
 def kind_of(n: Node) -> str:
+    """The op kind partitioning reads (``input``/``param`` for graph arguments)."""
     return n.op if n.op in ("input", "param") else OPS[n.op].kind
 
 

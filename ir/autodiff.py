@@ -14,6 +14,7 @@ from ir.ops import OPS
 
 
 def differentiable(n: Node) -> bool:
+    """A value gradients can flow through: a floating-point tensor."""
     return n.dtype is not None and n.dtype.is_floating_point
 
 
@@ -25,8 +26,9 @@ def backward_graph(nodes: list[Node], inputs: list[Node], outputs: list[Node],
     ``saved_k`` for each node of ``saved`` (forward values kept rather than
     recomputed, e.g. a matmul result), then ``grad_k`` for each
     differentiable output k. Graph outputs: the gradient
-    of each input with ``needs_grad`` set, in order (constant zero
-    gradients are returned as ``None`` by the runtime, see ``grad_slots``).
+    of each input with ``needs_grad`` set, in order (an input with no path to an
+    output gets a zero gradient here; ``fusion.autograd`` asks only for inputs
+    with a path and returns None for the others, as eager does).
     """
     b = Graph()
     env: dict[Node, Node] = {}

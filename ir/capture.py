@@ -110,7 +110,7 @@ def lower(gm: fx.GraphModule, args: tuple, root=None) -> Captured:
                     [input_node(v, f"{n.target}_{k}") if isinstance(v, torch.Tensor) else v
                      for k, v in enumerate(leaves)], spec)
         elif n.op == "get_attr":
-            env[n] = param(n.target, _fetch(root, n.target))
+            env[n] = param(n.target, fetch_attr(root, n.target))
         elif n.op == "output":
             leaves, spec = pytree.tree_flatten(fx.node.map_arg(n.args[0], env.__getitem__))
             g.outputs = [x for x in leaves if isinstance(x, Node)]
@@ -122,8 +122,9 @@ def lower(gm: fx.GraphModule, args: tuple, root=None) -> Captured:
     raise CaptureError("fusion: traced graph has no output")
 
 
-def _fetch(gm, qualname: str):
-    obj = gm
+def fetch_attr(root, qualname: str):
+    """``root.a.b.c`` for ``qualname`` "a.b.c" (parameters, buffers, submodules)."""
+    obj = root
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj

@@ -21,6 +21,14 @@ _DTYPE_SHORT = {
 }
 
 
+def numel(shape) -> int:
+    """The number of elements of a tensor of ``shape``."""
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """Short dtype name used by the printer and in kernel comments."""
     return _DTYPE_SHORT.get(dtype, str(dtype).replace("torch.", ""))
@@ -45,10 +53,7 @@ class Node:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return numel(self.shape)
 
     def operands(self) -> list["Node"]:
         """The inputs that are nodes (constants left out)."""

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from ir.shape_rules import (addmm_rule, expand_rule, linear_rule, matmul_rule, narrow_rule,
                             pad_to_rule, permute_rule, reshape_rule, transpose_rule, unsqueeze_rule)
-from ir.types import (cast_rule, compute_type, describe, elementwise, sum_to_rule,
-                      triton_type)
+from ir.triton_exprs import cast_expr, minmax_expr, pow_expr
+from ir.types import cast_rule, describe, elementwise, sum_to_rule
 
 # reduction: a full sum/mean that can end a pointwise kernel; reduce: sum_to, run by torch
 KINDS = ("pointwise", "matmul", "view", "reduction", "reduce", "extern")
@@ -67,6 +67,7 @@ OPS: dict[str, OpDef] = {}
 
 
 def op(name, kind, infer, eager, vjp, **kw) -> OpDef:
+    """Declare an op: its entry in the one table, ``OPS[name]``."""
     d = OpDef(name, kind, infer, eager, vjp, **kw)
     OPS[name] = d
     return d
@@ -365,53 +366,6 @@ op("addmm", "matmul", addmm_rule, lambda bias, x, w: torch.addmm(bias, x, w),
 
 # ---- anything else: run by eager torch, reported by explain ------------------------
 op("extern", "extern", None, None, None, differentiable=True)
-
-
-# ---- Triton spellings that need more than one line of the table ------------------------
-def pow_expr(x: str, p, ct: str = "tl.float32") -> str:
-    """x ** p for a scalar p: exact products for small integers, exp/log otherwise
-    (integer bases, computed in ``ct`` = an int type, always by products, wrapping as torch)."""
-    if p == 0:
-        return f"tl.full({x}.shape, 1, {x}.dtype)"  # 1 for every x, inf and NaN included, as torch
-    if p == 0.5:
-        return f"tl.sqrt({x})"
-    if float(p).is_integer() and abs(p) <= 4:
-        prod = " * ".join([f"{x}"] * int(abs(p)))
-        return f"({prod})" if p > 0 else f"(1.0 / ({prod}))"
-    if float(p).is_integer() and (abs(p) <= 64 or not ct.startswith("tl.float")):
-        # binary powering (the ipow helper): a few roundings, where exp(p log x) is off by
-        # |p log x| ulps (20 at 1e4 ** 5 in fp32); 1/x first for p < 0, so the product
-        # overflows only where the result does
-        return f"ipow({x if p > 0 else f'1.0 / {x}'}, {int(abs(p))})"
-    if float(p).is_integer():
-        # a negative base is fine for integer exponents: sign from the parity
-        odd = int(p) % 2 == 1
-        mag = f"tl.exp({float(p)!r} * tl.log(tl.abs({x})))"
-        return f"tl.where({x} < 0, -{mag}, {mag})" if odd else mag
-    # C's pow(-inf, p) for p not an odd integer is +inf (p > 0) or +0 (p < 0); log(-inf) is NaN
-    at_minus_inf = 'float("inf")' if p > 0 else "0.0"
-    return f'tl.where({x} == float("-inf"), {at_minus_inf}, tl.exp({float(p)!r} * tl.log({x})))'
-
-
-def minmax_expr(fn: str, a: list, ct: str) -> str:
-    """NaN propagates, as in torch.maximum/minimum (floats only; ints have none)."""
-    if ct.startswith("tl.float"):
-        return f"tl.{fn}({a[0]}, {a[1]}, propagate_nan=tl.PropagateNan.ALL)"
-    return f"tl.{fn}({a[0]}, {a[1]})"
-
-
-def cast_expr(x: str, dtype: torch.dtype) -> str:
-    """Casts round to the target type even though we keep computing in fp32."""
-    if dtype == torch.bool:
-        return f"({x} != 0)"
-    if dtype in (torch.float16, torch.bfloat16):
-        # through fp32 as torch does (c10::Half/BFloat16 are built from a float), so fp64 and
-        # int sources round exactly like eager; Triton's interpreter also miscasts fp64/int
-        # straight to bf16 (it reinterprets the value as uint16)
-        if dtype == torch.bfloat16:
-            return f"round_to_bf16({x}.to(tl.float32))"
-        return f"{x}.to(tl.float32).to({triton_type(dtype)}).to({compute_type(dtype)})"
-    return f"{x}.to({compute_type(dtype)})"
 
 
 import ir.ops_loss  # noqa: E402,F401  (losses and full reductions register into OPS)

@@ -8,7 +8,7 @@ its type, prefixed by the op and the shapes.
 """
 from __future__ import annotations
 
-from ir.graph import Node
+from ir.graph import Node, numel
 from ir.types import broadcast_shape, device_of, meta_rule
 
 
@@ -16,13 +16,6 @@ def _dim(d: int, n: int) -> int | None:
     """``d`` normalised for a rank-``n`` tensor (rank 0 accepts 0 and -1), or None."""
     size = max(n, 1)
     return d + size if -size <= d < 0 else (d if 0 <= d < size else None)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _transpose(shape, dim0, dim1):
@@ -47,12 +40,12 @@ def _reshape(have, shape):
     shape_to, shape = tuple(shape), have
     if shape_to.count(-1) > 1 or any(s < -1 for s in shape_to):
         return None
-    n, known = _numel(shape), _numel(s for s in shape_to if s != -1)
+    n, known = numel(shape), numel(s for s in shape_to if s != -1)
     if -1 in shape_to:
         if known == 0 or n % known:
             return None
         shape_to = tuple(n // known if s == -1 else s for s in shape_to)
-    return tuple(shape_to) if _numel(shape_to) == n else None
+    return tuple(shape_to) if numel(shape_to) == n else None
 
 
 def _unsqueeze(shape, dim):
