@@ -95,8 +95,11 @@ class CompiledModule(torch.nn.Module):
         args = self._bind(args, kwargs)
         key = self._guard_key(args)
         plan = self._plans.get(key)
-        if plan is not None and not _modules_unchanged(self._orig, plan.captured.modules):
-            del self._plans[key]  # a submodule was replaced or switched train/eval: rebuild
+        params = self._params_for(plan) if plan is not None else None
+        if plan is not None and params is None:
+            # a parameter changed type or requires_grad, a submodule was replaced or
+            # switched train/eval: rebuild this signature's plan
+            del self._plans[key]
             plan = None
         if plan is None:
             if len(self._plans) >= self._limit:
@@ -106,8 +109,9 @@ class CompiledModule(torch.nn.Module):
             if gm is None:
                 return self._orig(*args)
             plan = self._plans[key] = self.build_plan(args, gm)
+            params = self._params_for(plan)
         self._last_key = key
-        return self._call_plan(plan, args)
+        return self._call_plan(plan, args, params)
 
     def _graph_for(self, args: tuple):
         """The traced graph; if plain tracing failed, one traced with this call's
@@ -138,12 +142,26 @@ class CompiledModule(torch.nn.Module):
         device = tensors[0].device if tensors else torch.device("cpu")
         plan = Plan(captured.graph, mode_for(device))
         plan.captured = captured
-        plan.param_names = [p.name for p in plan.graph.params]
+        # the parameters and buffers the graph reads, with the types it was built for
+        plan.param_types = [(p.name, _param_type(fetch_attr(self._orig, p.name)))
+                            for p in plan.graph.params]
         return plan
 
-    def _call_plan(self, plan: Plan, args: tuple):
+    def _params_for(self, plan: Plan) -> dict | None:
+        """The current parameters the plan reads, or None when one of them (or a
+        submodule the plan was built with) no longer matches: the plan's guards."""
+        if not _modules_unchanged(self._orig, plan.captured.modules):
+            return None
+        params = {}
+        for name, built_for in plan.param_types:
+            value = fetch_attr(self._orig, name)
+            if _param_type(value) != built_for:
+                return None
+            params[name] = value
+        return params
+
+    def _call_plan(self, plan: Plan, args: tuple, params: dict):
         tensors = _tensors(args)
-        params = {name: fetch_attr(self._orig, name) for name in plan.param_names}
         outs = iter(plan.run(tensors, params))
         cap = plan.captured
         leaves = [next(outs) if _is_node(x) else x for x in cap.out_leaves]
@@ -161,13 +179,10 @@ class CompiledModule(torch.nn.Module):
 
     def _guard_key(self, args) -> tuple:
         training = self._orig.training if isinstance(self._orig, torch.nn.Module) else True
+        # parameters are guarded by each plan, on the ones its graph reads (_params_for)
         key = [training, torch.get_default_dtype()]
         for a in args:
             key.append(_describe(a))
-        for name, p in self.named_parameters():
-            key.append((name, p.shape, p.dtype, p.device, p.requires_grad))
-        for name, b in self.named_buffers():
-            key.append((name, b.shape, b.dtype, b.device))
         return tuple(key)
 
     def _warn_once(self, what: str, message: str):
@@ -215,6 +230,14 @@ class _Identity:
 
     def __hash__(self):
         return id(self.obj)
+
+
+def _param_type(t) -> tuple:
+    """What a plan assumes of a parameter or buffer (strides do not matter: kernels
+    read any layout through strides)."""
+    if isinstance(t, torch.Tensor):
+        return (t.shape, t.dtype, t.device, t.requires_grad)
+    return ("value", _describe(t))
 
 
 def _tensors(args) -> list:
