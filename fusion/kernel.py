@@ -74,16 +74,19 @@ class PointwiseKernel(FusedKernel):
         super().__init__(group, mode, role)
         self.variants: dict[tuple, Variant] = {}
         self._by_strides: dict[tuple, Variant] = {}
+        # all fixed per group: sizes, grid, and what each output is allocated as
+        self.shape = group.shape
+        self.device = group.outputs[0].device
+        self.n = numel(self.shape)
+        self.block = _block_size(self.n, mode)
+        self.grid = ((self.n + self.block - 1) // self.block,)
+        # element outputs are written whole; a full reduction gets one partial per program
+        self.allocs = [(self.grid, _partial_dtype(o), OPS[o.op].combine) if _is_reduction(o)
+                       else (self.shape, o.dtype, None) for o in group.outputs]
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        shape = self.group.shape
-        device = self.group.outputs[0].device
-        n = numel(shape)
-        block = _block_size(n, self.mode)
-        grid = ((n + block - 1) // block,)
-        # element outputs are written whole; a full reduction gets one partial per program
-        outs = [torch.empty(grid, dtype=_partial_dtype(o), device=device) if _is_reduction(o)
-                else torch.empty(shape, dtype=o.dtype, device=device) for o in self.group.outputs]
+        device, n = self.device, self.n
+        outs = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, _ in self.allocs]
         if n:
             inputs = [t if t.device == device else t.to(device) for t in inputs]
             variant = self.variant_for(inputs)
@@ -95,9 +98,9 @@ class PointwiseKernel(FusedKernel):
             args += outs
             args += list(variant.layout.sizes[1:])
             args.append(n)
-            self.launch(variant.fn, grid, args, BLOCK_SIZE=block)
-        return [OPS[o.op].combine(t, n).to(o.dtype) if _is_reduction(o) else t
-                for o, t in zip(self.group.outputs, outs)]
+            self.launch(variant.fn, self.grid, args, BLOCK_SIZE=self.block)
+        return [t if combine is None else combine(t, n).to(o.dtype)
+                for o, t, (_, _, combine) in zip(self.group.outputs, outs, self.allocs)]
 
     def variant_for(self, inputs: list[torch.Tensor]) -> Variant:
         key = tuple((t.shape, t.stride()) for t in inputs)
