@@ -129,6 +129,20 @@ def peak_memory_mb(fn) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def training_step_peaks(fn, inputs, dy, providers=("eager", "torch.compile", "ours")) -> dict:
+    """Peak memory (MB) of one forward+backward of ``fn`` per provider; None where it failed."""
+    mb = {}
+    for name, f in make_providers(fn, list(providers)).items():
+        step = forward_backward(f, inputs, inputs, dy)
+        try:
+            step()
+            mb[name] = peak_memory_mb(step)
+        except Exception as e:  # noqa: BLE001  (a provider that fails is reported, not fatal)
+            mb[name] = None
+            print(f"peak memory, {name}: {type(e).__name__}: {e}")
+    return mb
+
+
 # ---- providers ---------------------------------------------------------------------
 def make_providers(fn, names: list[str]) -> dict:
     """The callables compared side by side, each a fresh compilation of ``fn``.

@@ -24,7 +24,8 @@ import common  # noqa: F401  (sets up the device before torch/triton/fusion)
 import torch
 
 from common import (DEVICE, DTYPES, GPU, TARGETS, Budget, Results, base_args, forward_backward,
-                    gpu_only, make_providers, peak_memory_mb, plot_panels, sync, try_bench)
+                    gpu_only, make_providers, peak_memory_mb, plot_panels, sync, training_step_peaks,
+                    try_bench)
 
 SHAPES = {"8192x8192, K=64": (8192, 64), "4x16 heads x 2048x2048, K=64": (4, 16, 2048, 64)}
 SMOKE_SHAPES = {"256x256, K=64": (256, 64), "2x2 heads x 128x128, K=64": (2, 2, 128, 64)}
@@ -146,15 +147,7 @@ def peak_memory(res: Results, shape: tuple, label: str):
     """Peak GPU memory of a bf16 forward+backward of gating, against eager."""
     inputs = [torch.randn(shape, device=DEVICE, dtype=torch.bfloat16).requires_grad_() for _ in range(2)]
     dy = torch.randn_like(plain_matmul(*inputs).detach())
-    mb = {}
-    for name, f in make_providers(gating, ["eager", "torch.compile", "ours"]).items():
-        step = forward_backward(f, inputs, inputs, dy)
-        try:
-            step()
-            mb[name] = peak_memory_mb(step)
-        except Exception as e:  # noqa: BLE001
-            mb[name] = None
-            print(f"peak memory, {name}: {type(e).__name__}: {e}")
+    mb = training_step_peaks(gating, inputs, dy)
     rel = ratio(mb.get("ours"), mb.get("eager"))
     res.add_table(f"gating {label} bf16 training step: peak GPU memory (MB)",
                   ["eager", "torch.compile", "ours", "ours / eager"],

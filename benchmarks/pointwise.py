@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from common import (DEVICE, DTYPES, GPU, TARGETS, Budget, Results, base_args, forward_backward,
-                    gpu_only, make_providers, peak_memory_mb, plot_panels, size_label, sync, try_bench)
+                    gpu_only, make_providers, peak_memory_mb, plot_panels, size_label, sync,
+                    training_step_peaks, try_bench)
 
 ROW = 4096                     # elements per row; b has this length
 SIZES = [2**20, 2**22, 2**24, 2**26, 2**28, 2**29]   # 1M .. 512M elements
@@ -129,15 +130,7 @@ def peak_memory(res: Results, n: int, dtypes: list[str]):
     for dname in dtypes:
         inputs = make_inputs("x*sigmoid(g)+b", n, DTYPES[dname], True)
         dy = torch.randn_like(inputs[0])
-        mb = {}
-        for pname, f in make_providers(gate, ["eager", "torch.compile", "ours"]).items():
-            step = forward_backward(f, inputs, inputs, dy)
-            try:
-                step()
-                mb[pname] = peak_memory_mb(step)
-            except Exception as e:  # noqa: BLE001
-                mb[pname] = None
-                print(f"peak memory, {pname}: {type(e).__name__}: {e}")
+        mb = training_step_peaks(gate, inputs, dy)
         rows.append([dname] + [mb.get(p) for p in ("eager", "torch.compile", "ours")]
                     + [mb["ours"] / mb["eager"] if mb.get("ours") and mb.get("eager") else None])
         del inputs, dy
