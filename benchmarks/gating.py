@@ -24,7 +24,7 @@ import common  # noqa: F401  (sets up the device before torch/triton/fusion)
 import torch
 
 from common import (DEVICE, DTYPES, GPU, TARGETS, Budget, Results, base_args, forward_backward,
-                    gpu_only, make_providers, peak_memory_mb, plot_panels, sync, training_step_peaks,
+                    gpu_only, make_providers, plot_panels, sync, training_step_peaks,
                     try_bench)
 
 SHAPES = {"8192x8192, K=64": (8192, 64), "4x16 heads x 2048x2048, K=64": (4, 16, 2048, 64)}

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from common import (DEVICE, DTYPES, GPU, TARGETS, Budget, Results, base_args, forward_backward,
-                    gpu_only, make_providers, peak_memory_mb, plot_panels, size_label, sync,
+                    gpu_only, make_providers, plot_panels, size_label, sync,
                     training_step_peaks, try_bench)
 
 ROW = 4096                     # elements per row; b has this length
