@@ -119,7 +119,8 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False) 
                   "        b = b.to(tl.float32)"]
     precision = spec.precision if a.dtype == torch.float32 else "ieee"
     lines += [
-        f"    acc = tl.dot(a, b, acc, input_precision=\"{precision}\")",
+        # out_dtype spelled out: Triton 3.6 defaults it to fp32 and rejects an fp64 acc
+        f"    acc = tl.dot(a, b, acc, input_precision=\"{precision}\", out_dtype={acc_type})",
         "    a_ptrs += BLOCK_K * stride_ak",
         "    b_ptrs += BLOCK_K * stride_bk",
         "# ---- epilogue: the fused pointwise chain on the accumulator, then one rounding per store",
