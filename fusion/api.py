@@ -9,6 +9,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from fusion.backend import mode_for
+from fusion.guards import PlanGuards
 from fusion.plan import Plan
 from ir.capture import CaptureError, fetch_attr, lower, trace
 
@@ -137,28 +138,20 @@ class CompiledModule(torch.nn.Module):
 
     def build_plan(self, args: tuple, gm: fx.GraphModule) -> Plan:
         """Capture, optimise, partition and prepare kernels for this signature."""
-        captured = lower(gm, args, root=self._orig)
-        tensors = _tensors(args) + [fetch_attr(self._orig, p.name) for p in captured.graph.params]
+        # a function's constants live on its traced GraphModule; a module's state on itself
+        root = self._orig if isinstance(self._orig, torch.nn.Module) else gm
+        captured = lower(gm, args, root=root)
+        tensors = _tensors(args) + [fetch_attr(root, p.name) for p in captured.graph.params]
         device = tensors[0].device if tensors else torch.device("cpu")
         plan = Plan(captured.graph, mode_for(device))
         plan.captured = captured
-        # the parameters and buffers the graph reads, with the types it was built for
-        plan.param_types = [(p.name, _param_type(fetch_attr(self._orig, p.name)))
-                            for p in plan.graph.params]
+        plan.guards = PlanGuards(root, captured.modules, [p.name for p in captured.graph.params])
         return plan
 
     def _params_for(self, plan: Plan) -> dict | None:
         """The current parameters the plan reads, or None when one of them (or a
         submodule the plan was built with) no longer matches: the plan's guards."""
-        if not _modules_unchanged(self._orig, plan.captured.modules):
-            return None
-        params = {}
-        for name, built_for in plan.param_types:
-            value = fetch_attr(self._orig, name)
-            if _param_type(value) != built_for:
-                return None
-            params[name] = value
-        return params
+        return plan.guards.values()
 
     def _call_plan(self, plan: Plan, args: tuple, params: dict):
         tensors = _tensors(args)
@@ -232,29 +225,9 @@ class _Identity:
         return id(self.obj)
 
 
-def _param_type(t) -> tuple:
-    """What a plan assumes of a parameter or buffer (strides do not matter: kernels
-    read any layout through strides)."""
-    if isinstance(t, torch.Tensor):
-        return (t.shape, t.dtype, t.device, t.requires_grad)
-    return ("value", _describe(t))
-
-
 def _tensors(args) -> list:
     """The tensor leaves of the arguments, in the order capture made them inputs."""
     return [t for t in pytree.tree_leaves(list(args)) if isinstance(t, torch.Tensor)]
-
-
-def _modules_unchanged(root, modules: dict) -> bool:
-    """The submodules a plan was built with are still in place, in the same mode."""
-    for qualname, (mod, training) in (modules or {}).items():
-        try:
-            now = root.get_submodule(qualname)
-        except AttributeError:
-            return False
-        if now is not mod or now.training != training:
-            return False
-    return True
 
 
 def _autocast_on() -> bool:
