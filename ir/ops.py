@@ -90,7 +90,8 @@ _pointwise("mul", "common", torch.mul, lambda a, at, ct: f"{a[0]} * {a[1]}",
 _pointwise("div", "float", torch.div, lambda a, at, ct: f"{a[0]} / {a[1]}",
            lambda b, out, g, x, y: (
                b.call("div", g, y),
-               b.call("neg", b.call("div", b.call("mul", g, x), b.call("mul", y, y)))),
+               # torch's -g * ((x / y) / y): y * y would underflow for tiny y
+               b.call("neg", b.call("mul", g, b.call("div", b.call("div", x, y), y)))),
            aliases=(torch.div, torch.true_divide, operator.truediv, "div", "__truediv__"),
            arity=2, domain=("real", "nonzero"))
 _pointwise("neg", "common", torch.neg, lambda a, at, ct: f"-{a[0]}",
@@ -100,7 +101,11 @@ _pointwise("abs", "common", torch.abs, lambda a, at, ct: f"tl.abs({a[0]})",
            lambda b, out, g, x: (b.call("mul", g, b.call("sign", x)),),
            aliases=(torch.abs, operator.abs, "abs", "__abs__"))
 _pointwise("sign", "common", torch.sign, lambda a, at, ct: f"sign({a[0]})",
-           lambda b, out, g, x: (b.call("mul", g, 0.0),), aliases=(torch.sign, "sign"))
+           lambda b, out, g, x: (b.call("zeros_like", g),), aliases=(torch.sign, "sign"))
+# a zero gradient, whatever g holds (g * 0 would turn an inf into NaN; eager returns zeros)
+_pointwise("zeros_like", "common", torch.zeros_like,
+           lambda a, at, ct: f"tl.full({a[0]}.shape, 0, {ct})",
+           lambda b, out, g, x: (None,), internal=True, differentiable=False)
 
 
 def _pow_rule(op_name, inputs, attrs):

@@ -13,6 +13,8 @@ def pow_expr(x: str, p, ct: str = "tl.float32") -> str:
         return f"tl.full({x}.shape, 1, {x}.dtype)"  # 1 for every x, inf and NaN included, as torch
     if p == 0.5:
         return f"tl.sqrt({x})"
+    if p == -0.5:  # torch computes it as rsqrt: NaN at -inf, where C's pow gives 0
+        return f"(1.0 / tl.sqrt({x}))"
     if float(p).is_integer() and abs(p) <= 4:
         prod = " * ".join([f"{x}"] * int(abs(p)))
         return f"({prod})" if p > 0 else f"(1.0 / ({prod}))"

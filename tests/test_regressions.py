@@ -90,3 +90,35 @@ def test_to_with_a_device_is_not_treated_as_a_cast():
     assert any("to" in op for op, _ in report.extern)
     torch.testing.assert_close(fusion.compile(lambda x: torch.sigmoid(x.to("cpu", torch.float64)))(x),
                                torch.sigmoid(x.double()))
+
+
+# ---- found by tools/fuzz_graphs.py at extreme inputs ---------------------------------
+
+def _grad_pair(fn, *args):
+    ours_in = [a.detach().clone().requires_grad_() for a in args]
+    ref_in = [a.detach().clone().requires_grad_() for a in args]
+    fusion.compile(fn)(*ours_in).sum().backward()
+    fn(*ref_in).sum().backward()
+    return [a.grad for a in ours_in], [a.grad for a in ref_in]
+
+
+def test_sign_gradient_is_zero_even_where_the_incoming_gradient_is_inf():
+    x = torch.tensor([0.0, -0.0, 2.0, -3.0])
+    ours, ref = _grad_pair(lambda x: torch.log(torch.sign(x)) + torch.sign(x), x)  # log(0) -> inf grads
+    torch.testing.assert_close(ours[0], ref[0], equal_nan=True)
+    assert not ours[0].isnan().any()
+
+
+def test_pow_minus_half_is_rsqrt_like_torch():
+    x = torch.tensor([float("-inf"), -1.0, 0.0, 4.0, float("inf")])
+    torch.testing.assert_close(fusion.compile(lambda x: x ** -0.5)(x), x ** -0.5, equal_nan=True)
+    ours, ref = _grad_pair(lambda x: torch.sqrt(x.abs()) ** 0.5 + x ** 0.5, x)
+    torch.testing.assert_close(ours[0], ref[0], equal_nan=True)
+
+
+def test_division_gradient_of_a_tiny_divisor_does_not_underflow():
+    a = torch.tensor([0.0, 1.0, 2.0])
+    b = torch.tensor([1e-40, 1e-20, 3.0])  # b * b underflows in fp32; (a / b) / b does not
+    ours, ref = _grad_pair(lambda a, b: a / b, a, b)
+    for o, r in zip(ours, ref):
+        torch.testing.assert_close(o, r, equal_nan=True)
