@@ -311,14 +311,34 @@ def plot_panels(path: str | Path, title: str, panels: list[dict]) -> str:
     return f"plot: {path}"
 
 
-def base_args(description: str):
-    """The options every benchmark script takes."""
+def base_args(description: str, smoke: bool = False):
+    """The options every benchmark script takes (``smoke``: also ``--smoke``)."""
     import argparse
     p = argparse.ArgumentParser(description=description)
+    if smoke:
+        p.add_argument("--smoke", action="store_true",
+                       help="run on a CPU at tiny sizes (checks the code only)")
     p.add_argument("--out", help="folder for the JSON results (and plots)")
     p.add_argument("--quick", action="store_true", help="fewer sizes and shorter timing (the GPU check)")
     p.add_argument("--budget", type=float, default=None, help="seconds; later configurations are skipped")
     return p
+
+
+def finish(results: Results, args, plot_file: str, title: str, panels) -> None:
+    """Plot ``panels`` into ``--out`` (if given), wait for the GPU, save the results."""
+    if args.out:
+        print(plot_panels(f"{args.out}/{plot_file}", title, panels))
+    sync()
+    results.save()
+
+
+def run_mode(results: Results, args, what: str) -> str | None:
+    """"smoke" (``--smoke`` on a CPU: the script checked at tiny sizes, figures
+    meaningless), "gpu", or None: no GPU, nothing to measure (the caller stops)."""
+    if getattr(args, "smoke", False) and not GPU:
+        print("SMOKE RUN on a CPU (interpreter): checks the script, the figures mean nothing.\n")
+        return "smoke"
+    return None if gpu_only(results, what) else "gpu"
 
 
 def gpu_only(results: Results, what: str) -> bool:

@@ -23,9 +23,8 @@ import gc
 import common  # noqa: F401  (sets up the device before torch/triton/fusion)
 import torch
 
-from common import (DEVICE, DTYPES, GPU, TARGETS, Budget, Results, base_args, forward_backward,
-                    gpu_only, make_providers, plot_panels, sync, training_step_peaks,
-                    try_bench)
+from common import (DEVICE, DTYPES, GPU, TARGETS, Budget, Results, base_args, finish, forward_backward,
+                    make_providers, run_mode, training_step_peaks, try_bench)
 
 SHAPES = {"8192x8192, K=64": (8192, 64), "4x16 heads x 2048x2048, K=64": (4, 16, 2048, 64)}
 SMOKE_SHAPES = {"256x256, K=64": (256, 64), "2x2 heads x 128x128, K=64": (2, 2, 128, 64)}
@@ -158,18 +157,16 @@ def peak_memory(res: Results, shape: tuple, label: str):
 
 
 def main():
-    p = base_args(__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="run on a CPU at tiny sizes (checks the code only)")
-    args = p.parse_args()
+    args = base_args(__doc__.splitlines()[0], smoke=True).parse_args()
     res = Results("gating", args.out)
     everything = {d: PROVIDERS for d in ("bf16", "fp16", "fp32")}
-    if args.smoke and not GPU:
-        print("SMOKE RUN on a CPU (interpreter): checks the script, the figures mean nothing.\n")
+    mode = run_mode(res, args, "attention gating and large-K matmul timings")
+    if mode is None:
+        return
+    if mode == "smoke":
         plan = {label: {"forward": {"fp32": ["eager", "ours"]}, "fwd+bwd": {"fp32": ["eager", "ours"]}}
                 for label in SMOKE_SHAPES}
         shapes, large_k, providers = SMOKE_SHAPES, 256, ["eager", "ours"]
-    elif gpu_only(res, "attention gating and large-K matmul timings"):
-        return
     elif args.quick:  # max-autotune (minutes of autotuning) only where a target names it: forward bf16
         fast = ["eager", "torch.compile", "ours"]
         first, second = SHAPES
@@ -188,10 +185,7 @@ def main():
     if GPU and not budget.spent():
         label, shape = next(iter(SHAPES.items()))
         peak_memory(res, shape, label)
-    if args.out:
-        print(plot_panels(f"{args.out}/gating.png", "attention gating: ms (lower is better)", panels))
-    sync()
-    res.save()
+    finish(res, args, "gating.png", "attention gating: ms (lower is better)", panels)
 
 
 if __name__ == "__main__":

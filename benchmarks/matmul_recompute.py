@@ -16,7 +16,7 @@ from __future__ import annotations
 import common  # noqa: F401  (sets up the device before torch/triton/fusion)
 import torch
 
-from common import (DEVICE, DTYPES, GPU, Results, base_args, forward_backward, gpu_only, peak_memory_mb,
+from common import (DEVICE, DTYPES, GPU, Results, base_args, forward_backward, peak_memory_mb, run_mode,
                     try_bench)
 
 SIZES = {"full": (4096, [32, 64, 128, 256, 512, 1024]), "quick": (4096, [64, 256, 1024]),
@@ -59,17 +59,12 @@ def measure(n: int, K: int, dtype, quick: bool) -> list:
 
 
 def main():
-    p = base_args(__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="run on a CPU at tiny sizes (checks the code only)")
-    args = p.parse_args()
+    args = base_args(__doc__.splitlines()[0], smoke=True).parse_args()
     res = Results("matmul_recompute", args.out)
-    if args.smoke and not GPU:
-        print("SMOKE RUN on a CPU (interpreter): checks the script, the figures mean nothing.\n")
-        n, ks = SIZES["smoke"]
-    elif gpu_only(res, "save-vs-recompute timings"):
+    mode = run_mode(res, args, "save-vs-recompute timings")
+    if mode is None:
         return
-    else:
-        n, ks = SIZES["quick" if args.quick else "full"]
+    n, ks = SIZES["smoke" if mode == "smoke" else "quick" if args.quick else "full"]
     for dname in (["bf16"] if args.quick or args.smoke else ["bf16", "fp32"]):
         rows = [measure(n, K, DTYPES[dname], args.quick) for K in ks]
         res.add_table(f"gating {n}x{n}, K swept, {dname} fwd+bwd: recompute vs save",

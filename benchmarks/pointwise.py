@@ -29,9 +29,8 @@ import common  # noqa: F401  (sets up the device before torch/triton/fusion)
 import torch
 import torch.nn.functional as F
 
-from common import (DEVICE, DTYPES, GPU, TARGETS, Budget, Results, base_args, forward_backward,
-                    gpu_only, make_providers, plot_panels, size_label, sync,
-                    training_step_peaks, try_bench)
+from common import (DEVICE, DTYPES, GPU, TARGETS, Budget, Results, base_args, finish, forward_backward,
+                    make_providers, run_mode, size_label, training_step_peaks, try_bench)
 
 ROW = 4096                     # elements per row; b has this length
 SIZES = [2**20, 2**22, 2**24, 2**26, 2**28, 2**29]   # 1M .. 512M elements
@@ -144,15 +143,13 @@ def peak_memory(res: Results, n: int, dtypes: list[str]):
 
 
 def main():
-    p = base_args(__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="run on a CPU at tiny sizes (checks the code only)")
-    args = p.parse_args()
+    args = base_args(__doc__.splitlines()[0], smoke=True).parse_args()
     res = Results("pointwise", args.out)
-    if args.smoke and not GPU:
-        print("SMOKE RUN on a CPU (interpreter): checks the script, the figures mean nothing.\n")
-        sizes, providers, dtypes = SMOKE_SIZES, ["eager", "ours"], ["fp32"]
-    elif gpu_only(res, "pointwise GB/s"):
+    mode = run_mode(res, args, "pointwise GB/s")
+    if mode is None:
         return
+    if mode == "smoke":
+        sizes, providers, dtypes = SMOKE_SIZES, ["eager", "ours"], ["fp32"]
     else:
         sizes = QUICK_SIZES if args.quick else SIZES
         providers = [p for p in PROVIDERS if p != "max-autotune"] if args.quick else PROVIDERS
@@ -161,10 +158,7 @@ def main():
     panels = run_sweep(res, sizes, providers, budget, args.quick, dtypes)
     if GPU and not budget.spent():
         peak_memory(res, 2**24, dtypes)
-    if args.out:
-        print(plot_panels(f"{args.out}/pointwise.png", "pointwise GB/s (higher is better)", panels))
-    sync()
-    res.save()
+    finish(res, args, "pointwise.png", "pointwise GB/s (higher is better)", panels)
 
 
 if __name__ == "__main__":
