@@ -18,6 +18,9 @@ from pathlib import Path
 
 import torch
 
+from codegen.cache import import_file
+from codegen.triton_compat import gpu_compile_scope
+
 ARCHS = {"sm_90": 90, "sm_80": 80}
 _SIG = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
         torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8",
@@ -52,7 +55,6 @@ def compile_for(path: str, name: str, example: list, arch: str = "sm_90",
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    _undo_interpreter_leaks()
     fn = _load_jit(Path(path), name)
     constexprs = dict(constexprs or {"BLOCK_SIZE": 1024})
     names = list(fn.arg_names)
@@ -75,43 +77,15 @@ def compile_for(path: str, name: str, example: list, arch: str = "sm_90",
     options = {"num_warps": num_warps}
     if num_stages is not None:
         options["num_stages"] = num_stages
-    compiled = triton.compile(src, target=GPUTarget("cuda", ARCHS[arch], 32), options=options)
+    with gpu_compile_scope():
+        compiled = triton.compile(src, target=GPUTarget("cuda", ARCHS[arch], 32), options=options)
     regs, local, shared = _resource_usage(compiled.asm["cubin"])
     return GpuCompileReport(arch, compiled.asm["ptx"], regs, local,
                             max(shared, int(getattr(compiled.metadata, "shared", 0) or 0)))
 
 
-def _undo_interpreter_leaks() -> None:
-    """Put back what Triton 3.9's interpreter left patched in ``triton.language.core``.
-
-    A kernel that calls a library ``@jit`` function in the interpreter (``tl.sum``,
-    ``tl.zeros``, ``tl.cdiv``: their module imports ``core``) patches ``core``'s
-    builtins for that call and never restores them; the compiler would then run the
-    interpreter's versions ("'value' object has no attribute 'dtype'"). The
-    originals are ``triton.language``'s own names (re-exported from ``core``, and
-    restored there), or the ``member`` a patched builtin closes over.
-    """
-    import functools
-
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    def patched(v) -> bool:
-        fn = v.func if isinstance(v, functools.partial) else v
-        return getattr(fn, "__module__", None) == interpreter.__name__ or v is print
-    for name, value in list(vars(tl.core).items()):
-        if name.startswith("__") or not patched(value):
-            continue
-        original = getattr(tl, name, None)
-        if original is None or patched(original):
-            original = (getattr(value, "__kwdefaults__", None) or {}).get("member")
-        if original is not None:
-            setattr(tl.core, name, original)
-
-
 def _load_jit(path: Path, name: str):
     """Import the file with the interpreter off, so ``@triton.jit`` gives a JITFunction."""
-    from codegen.cache import import_file
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "0"
     try:

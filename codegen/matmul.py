@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from codegen.pointwise import emit_body, input_name, ir_line, load_cast, namer, store_cast
+from codegen.layouts import EpilogueLayout
+from codegen.pointwise import emit_body, input_name, load_cast, namer, store_cast
 from codegen.prelude import helpers_used
-from ir.graph import Node
+from ir.graph import Node, format_node, format_value
 
-# how the epilogue reads one of its inputs over the [M, N] output tile
-TILE, ROW, COL, SCALAR = "tile", "row", "col", "scalar"
-HALF = (torch.float16, torch.bfloat16)
+TILE, ROW, COL, SCALAR = (EpilogueLayout.TILE, EpilogueLayout.ROW, EpilogueLayout.COL,
+                          EpilogueLayout.SCALAR)
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class MatmulSpec:
     bias: Node | None   # added to the accumulator first (linear, addmm)
     epilogue: tuple     # pointwise nodes after the anchor, topological
     inputs: tuple       # external values the epilogue (and bias) read
-    layouts: tuple      # per epilogue input: TILE, ROW, COL or SCALAR
+    layouts: tuple      # per epilogue input: an EpilogueLayout
     outputs: tuple      # group values written, each [*batch, M, N] contiguous
     batch_rank: int     # batch dimensions left after merging (0: one matrix)
     int64: bool         # 64-bit offsets: some tensor reaches 2**31 elements
@@ -66,8 +66,8 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False) 
     fresh = namer(taken)
 
     batch = [f"b{d}" for d in range(spec.batch_rank)]
-    params = [("a_ptr", f"A [M, K]: %{a.id} {a.name or a.op}: {a.type_str()}"),
-              ("b_ptr", f"B [K, N]: %{b.id} {b.name or b.op}: {b.type_str()}"
+    params = [("a_ptr", f"A [M, K]: {format_value(a)}"),
+              ("b_ptr", f"B [K, N]: {format_value(b)}"
                         + (", read transposed through its strides" if b_transposed else ""))]
     strides = [("stride_am, stride_ak" + "".join(f", stride_a{d}" for d in batch),
                 "element strides of A (a transposed operand is swapped strides)"),
@@ -83,7 +83,7 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False) 
         ptr = f"{base}_ptr"
         how = {TILE: "an [M, N] tile", ROW: "a row over N, broadcast down M",
                COL: "a column over M, broadcast along N", SCALAR: "one value"}[layout]
-        params.append((ptr, f"epilogue input %{node.id} {node.name or node.op}: {node.type_str()}, {how}"))
+        params.append((ptr, f"epilogue input {format_value(node)}, {how}"))
         own = {TILE: ["m", "n"], ROW: ["n"], COL: ["m"], SCALAR: []}[layout]
         own += batch if layout != SCALAR else []
         if own:
@@ -103,20 +103,15 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False) 
                        "batch sizes (the first follows from the grid)"))
 
     acc_type = "tl.float64" if a.dtype == torch.float64 else "tl.float32"
-    half = a.dtype in HALF
     lines = _prologue(spec, batch, [b for b, lay in zip(bases, spec.layouts) if lay != SCALAR],
                       len(spec.outputs))
     lines += [
-        f"acc = tl.full((BLOCK_M, BLOCK_N), 0, dtype={acc_type})",
-        "for k in range(0, (K + BLOCK_K - 1) // BLOCK_K):",
+        f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_type})",
+        "for k in range(0, tl.cdiv(K, BLOCK_K)):",
         "    # the last step may run past K: masked lanes read 0 and add nothing",
         "    a = tl.load(a_ptrs, mask=offs_k[None, :] < K - k * BLOCK_K, other=0.0)",
         "    b = tl.load(b_ptrs, mask=offs_k[:, None] < K - k * BLOCK_K, other=0.0)",
     ]
-    if half:
-        lines += ["    if DOT_IN_FP32:  # Triton's interpreter gets half-precision dots wrong",
-                  "        a = a.to(tl.float32)",
-                  "        b = b.to(tl.float32)"]
     precision = spec.precision if a.dtype == torch.float32 else "ieee"
     lines += [
         # out_dtype spelled out: Triton 3.6 defaults it to fp32 and rejects an fp64 acc
@@ -132,27 +127,25 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False) 
     var[spec.anchor] = "acc"
     if spec.bias is not None:
         var[spec.anchor] = fresh(f"v{spec.anchor.id}")
-        lines.append(f"{var[spec.anchor]} = acc + {var[spec.bias]}  # {ir_line(spec.anchor)}")
+        lines.append(f"{var[spec.anchor]} = acc + {var[spec.bias]}  # {format_node(spec.anchor)}")
     else:
-        lines.append(f"# acc is {ir_line(spec.anchor)}")
+        lines.append(f"# acc is {format_node(spec.anchor)}")
     body = emit_body(spec.epilogue, var, fresh)
     lines += body
     lines.append("offs_out = offs_m[:, None] * N + offs_n[None, :]")
     for k, out in enumerate(spec.outputs):
-        lines.append(f"tl.store(out{k}_ptr + offs_out, {store_cast(var[out], out.dtype, f'out{k}_ptr')}, "
+        lines.append(f"tl.store(out{k}_ptr + offs_out, {store_cast(var[out], f'out{k}_ptr')}, "
                      "mask=mask)")
 
     consts = [("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr",
                "tile computed by one program"),
               ("GROUP_M: tl.constexpr", "rows of tiles per group, for L2 reuse of B tiles")]
-    if half:
-        consts.append(("DOT_IN_FP32: tl.constexpr", "True only in the interpreter"))
     out = ["@triton.jit", f"def {name}("]
     out += [f"    {p},  # {c}" for p, c in params + consts]
     out += ["):"] + [f"    {line}" for line in lines]
     header = [f'"""Generated by fusion: a matmul with {len(spec.epilogue)} pointwise op(s) '
-              'fused as its epilogue.', "", f"    {ir_line(spec.anchor)}",
-              *[f"    {ir_line(n)}" for n in spec.epilogue], '"""',
+              'fused as its epilogue.', "", f"    {format_node(spec.anchor)}",
+              *[f"    {format_node(n)}" for n in spec.epilogue], '"""',
               "import triton", "import triton.language as tl"]
     source = "\n".join(header) + "\n" + "".join(helpers_used(body + lines)) + "\n\n" + "\n".join(out) + "\n"
     arg_names = tuple(a.strip() for p, _ in params for a in p.split(","))
@@ -164,10 +157,8 @@ def _prologue(spec: MatmulSpec, batch: list, epilogue_bases: list, n_out: int) -
     to64 = ".to(tl.int64)" if spec.int64 else ""
     lines = [
         f"pid = tl.program_id(axis=0){to64}",
-        "# builtins only (no tl.cdiv, tl.zeros): Triton 3.9's interpreter leaves triton.language",
-        "# patched after calling a library @jit function, and compile_for then fails",
-        "num_pid_m = (M + BLOCK_M - 1) // BLOCK_M",
-        "num_pid_n = (N + BLOCK_N - 1) // BLOCK_N",
+        "num_pid_m = tl.cdiv(M, BLOCK_M)",
+        "num_pid_n = tl.cdiv(N, BLOCK_N)",
         "# grouped order: GROUP_M rows of tiles share the B tiles they read, in L2",
         "num_pid_in_group = GROUP_M * num_pid_n",
         "group_id = pid // num_pid_in_group",

@@ -120,15 +120,6 @@ def sign(x):
     # -1, 0 or 1, as torch.sign computes it: (0 < x) - (x < 0), so NaN gives 0
     return tl.where(x > 0, 1, tl.where(x < 0, -1, 0)).to(x.dtype)
 ''',
-    "round_to_bf16": '''
-@triton.jit
-def round_to_bf16(x):
-    # fp32 -> the nearest bf16 (ties to even), kept in fp32. The GPU's conversion does
-    # this too, but Triton's interpreter truncates; rounding explicitly makes the two agree.
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
-''',
     "log1p": '''
 @triton.jit
 def log1p(x):

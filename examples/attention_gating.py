@@ -78,7 +78,7 @@ def main():
     check(gating_heads, qh.half(), kh.half(), dtype=torch.float16)
     heads = fusion.explain(gating_heads, qh.clone().requires_grad_(), kh)
     for name, r in (("gating", report), ("gating_heads", heads)):
-        # the promise: the matmul and its sigmoid-mul epilogue are ONE kernel
+        # the point of matmul epilogues: the matmul and its sigmoid-mul epilogue are ONE kernel
         assert [k.kind for k in r.kernels] == ["matmul"], f"{name}: {[k.kind for k in r.kernels]}"
         print(f"\n{name}: {len(r.kernels)} forward kernel(s) "
               f"[{', '.join(k.kind for k in r.kernels)}; tiles {r.kernels[0].config}], "

@@ -5,7 +5,7 @@
     print(fusion.explain(model, x, g))
 """
 from fusion.api import CompiledModule, compile
-from fusion.report import explain
+from fusion.explain import explain
 from ir.capture import CaptureError
 
 __all__ = ["compile", "explain", "CompiledModule", "CaptureError"]

@@ -3,17 +3,30 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from fusion.backend import mode_for
 from fusion.guards import PlanGuards
-from fusion.plan import Plan
-from ir.capture import CaptureError, fetch_attr, lower, trace
+from fusion.modes import mode_for
+from fusion.plan import Plan, build_plan
+from fusion.runtime import run_plan
+from ir.capture import CaptureError, trace
+from ir.graph import Node
+from ir.lower import Captured, fetch_attr, lower
 
 DEFAULT_RECOMPILE_LIMIT = 8
+
+
+@dataclass(eq=False)
+class SignatureEntry:
+    """What one call signature compiled to: the captured graph, its plan, and the
+    guards on module state the plan was built with (``fusion.guards``)."""
+    captured: Captured
+    plan: Plan
+    guards: PlanGuards
 
 
 class CompiledModule(torch.nn.Module):
@@ -43,12 +56,13 @@ class CompiledModule(torch.nn.Module):
         self._n_positional = -1 if self._signature is None or any(
             p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
             for p in self._signature.parameters.values()) else len(self._signature.parameters)
-        self._plans: dict[tuple, Plan] = {}
+        self._entries: dict[tuple, SignatureEntry] = {}
         self._limit = recompile_limit
         self._warned_limit = False
         self._last_key = None
         self._fallback = fallback
         self._eager_reason = None
+        self._warned: set[str] = set()   # what _warn_once has said
         self._specialized: dict[tuple, fx.GraphModule] = {}
         try:
             # a GraphModule (e.g. from Dynamo) is already captured: use it as it is.
@@ -85,6 +99,36 @@ class CompiledModule(torch.nn.Module):
     def __repr__(self) -> str:
         return f"fusion.compile({self._orig!r})"
 
+    # ---- what was compiled (explain, tests) ----------------------------------------
+    @property
+    def original(self):
+        """The module or function that was compiled."""
+        return self._orig
+
+    @property
+    def eager_reason(self) -> str | None:
+        """Why calls run eagerly (capture failed and fallback='eager'), or None."""
+        return self._eager_reason
+
+    @property
+    def plans(self) -> list[Plan]:
+        """The plan of every signature compiled so far, oldest first."""
+        return [e.plan for e in self._entries.values()]
+
+    def entry_for(self, *args, **kwargs) -> SignatureEntry | None:
+        """What the call ``self(*args, **kwargs)`` runs, if it was compiled."""
+        return self._entries.get(self.guard_key(*args, **kwargs))
+
+    def plan_for(self, *args, **kwargs) -> Plan | None:
+        """The plan the call ``self(*args, **kwargs)`` runs, if it was compiled."""
+        entry = self.entry_for(*args, **kwargs)
+        return entry.plan if entry is not None else None
+
+    def guard_key(self, *args, **kwargs) -> tuple:
+        """What identifies a call signature: training mode, default dtype, and each
+        argument's type (tensors: shape, strides, dtype, device, requires_grad)."""
+        return self._guard_key(self._bind(args, kwargs))
+
     # ---- calling -------------------------------------------------------------------
     def forward(self, *args, **kwargs):
         if self._eager_reason is not None:
@@ -95,24 +139,24 @@ class CompiledModule(torch.nn.Module):
             return self._orig(*args, **kwargs)
         args = self._bind(args, kwargs)
         key = self._guard_key(args)
-        plan = self._plans.get(key)
-        params = self._params_for(plan) if plan is not None else None
-        if plan is not None and params is None:
+        entry = self._entries.get(key)
+        params = entry.guards.values() if entry is not None else None
+        if entry is not None and params is None:
             # a parameter changed type or requires_grad, a submodule was replaced or
             # switched train/eval: rebuild this signature's plan
-            del self._plans[key]
-            plan = None
-        if plan is None:
-            if len(self._plans) >= self._limit:
+            del self._entries[key]
+            entry = None
+        if entry is None:
+            if len(self._entries) >= self._limit:
                 self._warn_limit(key)
                 return self._orig(*args)
             gm = self._graph_for(args)
             if gm is None:
                 return self._orig(*args)
-            plan = self._plans[key] = self.build_plan(args, gm)
-            params = self._params_for(plan)
+            entry = self._entries[key] = self._build(args, gm)
+            params = entry.guards.values()
         self._last_key = key
-        return self._call_plan(plan, args, params)
+        return self._run(entry, args, params)
 
     def _graph_for(self, args: tuple):
         """The traced graph; if plain tracing failed, one traced with this call's
@@ -136,28 +180,21 @@ class CompiledModule(torch.nn.Module):
                 return None
         return self._specialized[key]
 
-    def build_plan(self, args: tuple, gm: fx.GraphModule) -> Plan:
+    def _build(self, args: tuple, gm: fx.GraphModule) -> SignatureEntry:
         """Capture, optimise, partition and prepare kernels for this signature."""
         # a function's constants live on its traced GraphModule; a module's state on itself
         root = self._orig if isinstance(self._orig, torch.nn.Module) else gm
         captured = lower(gm, args, root=root)
         tensors = _tensors(args) + [fetch_attr(root, p.name) for p in captured.graph.params]
         device = tensors[0].device if tensors else torch.device("cpu")
-        plan = Plan(captured.graph, mode_for(device))
-        plan.captured = captured
-        plan.guards = PlanGuards(root, captured.modules, [p.name for p in captured.graph.params])
-        return plan
+        plan = build_plan(captured.graph, mode_for(device))
+        guards = PlanGuards(root, captured.modules, [p.name for p in captured.graph.params])
+        return SignatureEntry(captured, plan, guards)
 
-    def _params_for(self, plan: Plan) -> dict | None:
-        """The current parameters the plan reads, or None when one of them (or a
-        submodule the plan was built with) no longer matches: the plan's guards."""
-        return plan.guards.values()
-
-    def _call_plan(self, plan: Plan, args: tuple, params: dict):
-        tensors = _tensors(args)
-        outs = iter(plan.run(tensors, params))
-        cap = plan.captured
-        leaves = [next(outs) if _is_node(x) else x for x in cap.out_leaves]
+    def _run(self, entry: SignatureEntry, args: tuple, params: dict):
+        outs = iter(run_plan(entry.plan, _tensors(args), params))
+        cap = entry.captured
+        leaves = [next(outs) if isinstance(x, Node) else x for x in cap.out_leaves]
         return pytree.tree_unflatten(leaves, cap.out_spec)
 
     def _bind(self, args, kwargs) -> tuple:
@@ -172,16 +209,15 @@ class CompiledModule(torch.nn.Module):
 
     def _guard_key(self, args) -> tuple:
         training = self._orig.training if isinstance(self._orig, torch.nn.Module) else True
-        # parameters are guarded by each plan, on the ones its graph reads (_params_for)
+        # parameters are guarded per signature, on the ones its graph reads (SignatureEntry.guards)
         key = [training, torch.get_default_dtype()]
         for a in args:
             key.append(_describe(a))
         return tuple(key)
 
     def _warn_once(self, what: str, message: str):
-        warned = self.__dict__.setdefault("_warned", set())
-        if what not in warned:
-            warned.add(what)
+        if what not in self._warned:
+            self._warned.add(what)
             warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     def _warn_limit(self, key):
@@ -232,12 +268,6 @@ def _tensors(args) -> list:
 
 def _autocast_on() -> bool:
     return any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
-
-
-def _is_node(x) -> bool:
-    from ir.graph import Node
-    return isinstance(x, Node)
-
 
 
 def compile(model, *, fallback: str = "error",

@@ -1,24 +1,27 @@
-"""A fused pointwise kernel at run time: layout, specialisation, launch.
+"""Generated kernels at run time, the leaves of the runtime: the interface every
+kernel family shares (``FusedKernel``) and the pointwise family.
 
-One ``PointwiseKernel`` per pointwise group. Each call looks at its input
-tensors' strides (``fusion.layout``), emits and caches one source variant
-per distinct layout, allocates the outputs and launches the grid.
+A kernel knows its group and where it runs, and nothing of plans or
+autograd. One ``PointwiseKernel`` per pointwise group: each call looks at
+its input tensors' strides (``fusion.layout``), emits and caches one source
+variant per distinct layout, allocates the outputs and launches the grid.
 """
 from __future__ import annotations
 
 import os
 import sys
-import threading
 from dataclasses import dataclass
 
 import torch
 
 from codegen.cache import load_kernel, source_path
-from codegen.pointwise import STRIDED, EmittedKernel, PointwiseSpec, emit_pointwise
-from fusion.backend import INTERPRETER
+from codegen.layouts import InputLayout
+from codegen.pointwise import EmittedKernel, PointwiseSpec, emit_pointwise
+from codegen.triton_compat import launch
 from fusion.layout import Layout, plan_layout
+from fusion.modes import Mode
 from ir.graph import numel
-from ir.ops import OPS
+from ir.ops import OPS, OpKind
 
 
 @dataclass
@@ -35,30 +38,27 @@ class Variant:
 
 
 class FusedKernel:
-    """What every kernel family shares: its group, where it runs, its backward plans
-    (one per pattern of needed input gradients, built on first use) and the launch."""
+    """One generated kernel for one group: the interface the runtime calls.
 
-    def __init__(self, group, mode: str, role: str = "forward"):
+    ``kernel(inputs, keep=())`` takes one tensor per ``group.inputs`` and returns
+    one per ``group.outputs``, then one per node of ``keep`` (a subset of
+    ``keep_for_backward``: values the kernel can write as a by-product so that
+    its backward reads them instead of recomputing them).
+    """
+    family = ""                              # the report's label: "pointwise" | "matmul"
+
+    def __init__(self, group, mode: Mode, role: str = "forward"):
         self.group = group
         self.mode = mode
-        self.role = role
-        self.backward_plans: dict[tuple, object] = {}
+        self.role = role                     # "forward" | "backward": the logs' label
+        self.keep_for_backward: tuple = ()
+        self.variants: dict = {}             # generated sources, one per layout pattern
 
-    def backward_plan(self, needs: tuple):
-        """The backward of this group for one pattern of needed input gradients (cached)."""
-        from fusion.autograd import BackwardPlan
-        if needs not in self.backward_plans:
-            self.backward_plans[needs] = BackwardPlan(self, needs)
-        return self.backward_plans[needs]
+    def __call__(self, inputs: list[torch.Tensor], keep: tuple = ()) -> list[torch.Tensor]:
+        raise NotImplementedError
 
     def launch(self, fn, grid, args: list, **constexprs) -> None:
-        """``fn[grid](*args, **constexprs)``; in the interpreter one launch at a time,
-        as it patches triton.language while it runs."""
-        if self.mode == INTERPRETER:
-            with _INTERPRETER_LOCK:
-                fn[grid](*args, **constexprs)
-        else:
-            fn[grid](*args, **constexprs)
+        launch(fn, grid, args, self.mode == Mode.INTERPRETER, **constexprs)
 
 
 def log_source(role: str, name: str, source: str) -> None:
@@ -69,10 +69,10 @@ def log_source(role: str, name: str, source: str) -> None:
 
 class PointwiseKernel(FusedKernel):
     """Runs one pointwise group as a single Triton kernel."""
+    family = "pointwise"
 
-    def __init__(self, group, mode: str, role: str = "forward"):
+    def __init__(self, group, mode: Mode, role: str = "forward"):
         super().__init__(group, mode, role)
-        self.variants: dict[tuple, Variant] = {}
         self._by_strides: dict[tuple, Variant] = {}
         # all fixed per group: sizes, grid, and what each output is allocated as
         self.shape = group.shape
@@ -84,7 +84,8 @@ class PointwiseKernel(FusedKernel):
         self.allocs = [(self.grid, _partial_dtype(o), OPS[o.op].combine) if _is_reduction(o)
                        else (self.shape, o.dtype, None) for o in group.outputs]
 
-    def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def __call__(self, inputs: list[torch.Tensor], keep: tuple = ()) -> list[torch.Tensor]:
+        assert not keep, "a pointwise kernel keeps nothing for backward"
         device, n = self.device, self.n
         outs = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, _ in self.allocs]
         if n:
@@ -93,7 +94,7 @@ class PointwiseKernel(FusedKernel):
             args = []
             for t, kind, strides in zip(inputs, variant.layout.kinds, variant.layout.strides):
                 args.append(t)
-                if kind == STRIDED:
+                if kind == InputLayout.STRIDED:
                     args.extend(strides)
             args += outs
             args += list(variant.layout.sizes[1:])
@@ -124,18 +125,15 @@ class PointwiseKernel(FusedKernel):
         example = []
         for t, kind, strides in zip(inputs, layout.kinds, layout.strides):
             example.append(("ptr", t.dtype))
-            example += [("int", s) for s in (strides if kind == STRIDED else ())]
+            example += [("int", s) for s in (strides if kind == InputLayout.STRIDED else ())]
         example += [("ptr", _partial_dtype(o) if _is_reduction(o) else o.dtype) for o in g.outputs]
         n = numel(layout.sizes)
         example += [("int", s) for s in layout.sizes[1:]] + [("int", n)]
         return Variant(emitted, fn, layout, example)
 
 
-_INTERPRETER_LOCK = threading.RLock()
-
-
 def _is_reduction(node) -> bool:
-    return OPS[node.op].kind == "reduction"
+    return node.kind == OpKind.REDUCTION
 
 
 def _partial_dtype(node) -> torch.dtype:
@@ -144,8 +142,8 @@ def _partial_dtype(node) -> torch.dtype:
         torch.float32 if src.is_floating_point else torch.int64)
 
 
-def _block_size(n: int, mode: str) -> int:
-    if mode == INTERPRETER:
+def _block_size(n: int, mode: Mode) -> int:
+    if mode == Mode.INTERPRETER:
         # the interpreter costs ~0.6 ms per program: few, large programs
         return min(max(16, 1 << (n - 1).bit_length()), 1 << 16)
     return 1024

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from codegen.pointwise import FLAT, SCALAR, STRIDED
+from codegen.layouts import InputLayout
 from ir.graph import numel
 
 INT32_MAX = 2**31 - 1
@@ -22,7 +22,7 @@ INT32_MAX = 2**31 - 1
 class Layout:
     sizes: tuple        # collapsed iteration space
     strides: tuple      # per input: strides over ``sizes`` (empty unless STRIDED)
-    kinds: tuple        # per input: FLAT, STRIDED or SCALAR
+    kinds: tuple        # per input: an InputLayout
     int64: bool         # some offset may not fit in int32
 
 
@@ -46,15 +46,15 @@ def plan_layout(shape: tuple, tensors: list[torch.Tensor]) -> Layout:
     contiguous = _contiguous_strides(sizes)
     for t, st in zip(tensors, strides):
         if t.numel() == 1:
-            kinds.append(SCALAR)
+            kinds.append(InputLayout.SCALAR)
             kept.append(())
         elif st == contiguous:
-            kinds.append(FLAT)
+            kinds.append(InputLayout.FLAT)
             kept.append(())
         else:
-            kinds.append(STRIDED)
+            kinds.append(InputLayout.STRIDED)
             kept.append(tuple(st))
-    reach = max([numel(shape)] + [_max_offset(t) for t in tensors])
+    reach = max([numel(shape)] + [max_offset(t) for t in tensors])
     return Layout(tuple(sizes), tuple(kept), tuple(kinds), reach > INT32_MAX)
 
 
@@ -80,5 +80,6 @@ def _contiguous_strides(sizes: list[int]) -> list[int]:
     return out[::-1]
 
 
-def _max_offset(t: torch.Tensor) -> int:
+def max_offset(t: torch.Tensor) -> int:
+    """One past the largest element offset ``t`` reaches (0 when empty)."""
     return sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride())) + 1 if t.numel() else 0

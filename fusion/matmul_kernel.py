@@ -6,8 +6,9 @@ the epilogue inputs through their strides (``fusion.matmul_layout``), emits
 and caches one source per distinct layout, and launches a grid of
 ``(tiles, batch)`` programs: autotuned on a GPU, one config in the interpreter.
 
-Backward (``fusion.autograd``) chooses per group between saving the matmul
-result and recomputing it: see ``recompute_in_backward``.
+The plan builder chooses per group between saving the matmul result for the
+backward and recomputing it there (``recompute_in_backward``); the kernel
+offers the result in ``keep_for_backward`` and writes it when asked to.
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from dataclasses import dataclass
 import torch
 
 from codegen.cache import load_kernel, source_path
-from codegen.matmul import HALF, TILE, MatmulEmitted, MatmulSpec, emit_matmul
-from codegen.prelude import helpers_used
-from fusion.backend import INTERPRETER, TRITON
+from codegen.layouts import EpilogueLayout
+from codegen.matmul import MatmulEmitted, MatmulSpec, emit_matmul
 from fusion.kernel import FusedKernel, log_source
 from fusion.matmul_layout import MatmulLayout, plan_matmul_layout
 from fusion.matmul_tiles import TileConfig, gpu_candidates, interpreter_config
-from ir.ops import OPS
+from fusion.modes import Mode
+from ir.interpret import eval_node
+from ir.ops import OPS, OpKind
 
 # Recompute the matmul in backward when its K is at most this; save its result otherwise.
 # Recomputing costs 2*M*N*K flops (A and B are read again, but they are K-sized); saving
@@ -68,10 +70,11 @@ def _tf32_enabled() -> bool:
 
 class MatmulKernel(FusedKernel):
     """Runs one matmul group (anchor + pointwise epilogue) as a single Triton kernel."""
+    family = "matmul"
 
-    def __init__(self, group, mode: str, role: str = "forward"):
+    def __init__(self, group, mode: Mode, role: str = "forward"):
         super().__init__(group, mode, role)
-        self.anchor = next(n for n in group.nodes if OPS[n.op].kind == "matmul")
+        self.anchor = next(n for n in group.nodes if n.kind == OpKind.MATMUL)
         form = OPS[self.anchor.op].form
         ins = self.anchor.inputs
         self.a, self.b = ins[form.a], ins[form.b]
@@ -83,11 +86,9 @@ class MatmulKernel(FusedKernel):
         read |= {self.bias} if self.bias is not None else set()
         self.epilogue_inputs = [i for i in group.inputs if i in read]
         self.K = self.a.shape[-1]
-        self.recompute = recompute_in_backward(self.K)
-        # values saved for backward besides the inputs (fusion.autograd reads this)
-        self.keep_for_backward = () if self.recompute else (self.anchor,)
-        self.variants: dict[tuple, MatmulVariant] = {}
-        self._layouts: dict[tuple, MatmulLayout] = {}
+        # the matmul result, which the backward reads instead of recomputing it when K is large
+        self.keep_for_backward = () if recompute_in_backward(self.K) else (self.anchor,)
+        self.layouts: dict[tuple, MatmulLayout] = {}  # by operand shapes and strides seen
 
     def __call__(self, inputs: list[torch.Tensor], keep: tuple = ()) -> list[torch.Tensor]:
         """The group's outputs, then one tensor per ``keep`` node (written too)."""
@@ -100,9 +101,9 @@ class MatmulKernel(FusedKernel):
         b = b.transpose(-1, -2) if self.b_transposed else b
         epi = [t if t.device == device else t.to(device) for t in (env[i] for i in self.epilogue_inputs)]
         key = tuple((t.shape, t.stride()) for t in [a, b, *epi])
-        layout = self._layouts.get(key)
+        layout = self.layouts.get(key)
         if layout is None:
-            layout = self._layouts[key] = plan_matmul_layout(self.anchor.shape, a, b, epi)
+            layout = self.layouts[key] = plan_matmul_layout(self.anchor.shape, a, b, epi)
         if outs[0].numel() == 0:
             return self._with_keep(outs, outputs, keep)
         if layout.batch_count > MAX_BATCH_GRID:
@@ -110,18 +111,17 @@ class MatmulKernel(FusedKernel):
         variant = self.variant_for(layout, extras)
         values = _arguments(variant.emitted.bases, layout, a, b, epi, outs)
         args = [values[n] for n in variant.emitted.arg_names]
-        half = {"DOT_IN_FP32": self.mode == INTERPRETER} if self.a.dtype in HALF else {}
         M, N = layout.M, layout.N
-        if self.mode == TRITON:
+        if self.mode == Mode.TRITON:
             if variant.tuned is None:
                 variant.tuned = _autotuned(variant)
             grid = lambda meta: (triton_cdiv(M, meta["BLOCK_M"]) * triton_cdiv(N, meta["BLOCK_N"]),
                                  layout.batch_count)
-            self.launch(variant.tuned, grid, args, **half)
+            self.launch(variant.tuned, grid, args)
         else:
             cfg = interpreter_config(M, N, layout.K)
             grid = (triton_cdiv(M, cfg.BLOCK_M) * triton_cdiv(N, cfg.BLOCK_N), layout.batch_count)
-            self.launch(variant.fn, grid, args, **cfg.constexprs, **half)
+            self.launch(variant.fn, grid, args, **cfg.constexprs)
         return self._with_keep(outs, outputs, keep)
 
     def _with_keep(self, outs, outputs, keep):
@@ -129,7 +129,6 @@ class MatmulKernel(FusedKernel):
         return outs[:len(self.group.outputs)] + [by_node[k] for k in keep]
 
     def _eager(self, env, outputs, keep):
-        from fusion.plan import eval_node
         env = dict(env)
         for n in self.group.nodes:
             env[n] = eval_node(n, env)
@@ -138,7 +137,7 @@ class MatmulKernel(FusedKernel):
     def precision(self) -> str:
         """tl.dot's input precision for fp32: tf32 exactly when torch would use it
         (CUDA and ``torch.backends.cuda.matmul.allow_tf32``); CPU torch never does."""
-        if self.mode != TRITON or self.a.dtype != torch.float32:
+        if self.mode != Mode.TRITON or self.a.dtype != torch.float32:
             return "ieee"
         return "tf32" if _tf32_enabled() else "ieee"
 
@@ -171,13 +170,8 @@ class MatmulKernel(FusedKernel):
 
 def epilogue_weight(epilogue: list, kinds: tuple) -> int:
     """Registers the epilogue holds next to the accumulator, roughly, in tile-sized
-    values: one per full tile it loads and per op, three per op calling a prelude
-    helper (sigmoid, tanh: several live temporaries each)."""
-    weight = sum(k == TILE for k in kinds)
-    for n in epilogue:
-        expr = OPS[n.op].triton(["x"] * len(n.inputs), n.attrs, "tl.float32")
-        weight += 3 if helpers_used([expr]) else 1
-    return weight
+    values: one per full tile it loads, and each op's ``live_values`` (op table)."""
+    return sum(k == EpilogueLayout.TILE for k in kinds) + sum(OPS[n.op].live_values for n in epilogue)
 
 
 def _arguments(bases: tuple, layout: MatmulLayout, a, b, epi, outs) -> dict:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from codegen.matmul import COL, ROW, SCALAR, TILE
-from fusion.layout import INT32_MAX, _max_offset, broadcast_strides, merge_dims
+from codegen.layouts import EpilogueLayout
+from fusion.layout import INT32_MAX, broadcast_strides, max_offset, merge_dims
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class MatmulLayout:
     a_strides: tuple    # (m, k, *batch)
     b_strides: tuple    # (k, n, *batch)
     epilogue: tuple     # per epilogue input: its strides (m, n, *batch)
-    kinds: tuple        # per epilogue input: TILE, ROW, COL or SCALAR
+    kinds: tuple        # per epilogue input: an EpilogueLayout
     int64: bool
 
     @property
@@ -66,11 +66,12 @@ def plan_matmul_layout(out_shape: tuple, a: torch.Tensor, b: torch.Tensor,
     for t, st, full in zip(epilogue, e_st, e_full):
         m, n = st[-1], (0 if N == 1 else full[-1])
         e_strides.append((m, n, *st[:-1]))
-        kinds.append(SCALAR if t.numel() == 1 else ROW if m == 0 else COL if n == 0 else TILE)
+        kinds.append(EpilogueLayout.SCALAR if t.numel() == 1 else EpilogueLayout.ROW if m == 0
+                     else EpilogueLayout.COL if n == 0 else EpilogueLayout.TILE)
     numel = M * N
     for s in sizes[:-1]:
         numel *= s
-    reach = max([numel] + [_max_offset(t) for t in [a, b, *epilogue]])
+    reach = max([numel] + [max_offset(t) for t in [a, b, *epilogue]])
     return MatmulLayout(tuple(sizes[:-1]), M, N, K, a_strides, b_strides, tuple(e_strides),
                         tuple(kinds), reach > INT32_MAX)
 

@@ -8,24 +8,50 @@ instead of written and re-read). Independent groups of one shape then merge
 (siblings: the gradients of a backward). Merges that would close a cycle
 through an outside node are refused. A matmul whose result such a group reads (at the
 matmul's shape) then anchors it: the group becomes one matmul kernel with the
-pointwise ops as its epilogue (kind "matmul"). Every other node is a group of
-its own; a matmul with no pointwise consumer stays a torch call.
+pointwise ops as its epilogue (``GroupKind.MATMUL_EPILOGUE``). Every other node is a
+group of its own; a matmul with no pointwise consumer stays a torch call
+(``GroupKind.MATMUL``).
 ``check_partition`` verifies the result: every node in exactly one group,
 groups in an order that respects every dependency.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from ir.graph import Graph, Node
-from ir.ops import OPS
+from ir.ops import FUSIBLE, OPS, OpKind
 from ir.types import FLOAT_TYPES
+
+
+class GroupKind(str, Enum):
+    """How a group runs."""
+    POINTWISE = "pointwise"              # one generated pointwise kernel (may end in a full reduction)
+    MATMUL_EPILOGUE = "matmul_epilogue"  # one generated matmul kernel carrying pointwise ops
+    MATMUL = "matmul"                    # a lone matmul: a torch (cuBLAS) call, nothing to fuse
+    REDUCTION = "reduction"              # a full sum/mean of a value no kernel computes: torch
+    SUM_TO = "sum_to"                    # a broadcast gradient reduced by torch
+    VIEW = "view"                        # torch makes the view; kernels read it by strides
+    EXTERN = "extern"                    # not in the op table: eager torch
+    INPUT = "input"
+    PARAM = "param"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FUSED = frozenset({GroupKind.POINTWISE, GroupKind.MATMUL_EPILOGUE})  # generated kernels
+# a node alone in a group runs as its op kind says
+_SINGLE = {OpKind.POINTWISE: GroupKind.POINTWISE, OpKind.REDUCTION: GroupKind.REDUCTION,
+           OpKind.SUM_TO: GroupKind.SUM_TO, OpKind.VIEW: GroupKind.VIEW,
+           OpKind.MATMUL: GroupKind.MATMUL, OpKind.EXTERN: GroupKind.EXTERN,
+           OpKind.INPUT: GroupKind.INPUT, OpKind.PARAM: GroupKind.PARAM}
 
 
 @dataclass(eq=False)
 class Group:
     """One step of the plan: a fused kernel, or a single node run some other way."""
-    kind: str                        # pointwise | matmul | view | reduce | extern | input | param
+    kind: GroupKind
     nodes: list[Node]
     inputs: list[Node] = field(default_factory=list)   # outside values read
     outputs: list[Node] = field(default_factory=list)  # values needed outside the group
@@ -35,15 +61,10 @@ class Group:
         """The iteration space: the shape of the element-wise outputs (a full
         reduction output is 0-d; its input has the iteration shape)."""
         for o in self.outputs:
-            if kind_of(o) != "reduction":
+            if o.kind != OpKind.REDUCTION:
                 return o.shape
         last = self.nodes[-1]
-        return last.inputs[0].shape if kind_of(last) == "reduction" else last.shape
-
-
-def kind_of(n: Node) -> str:
-    """The op kind partitioning reads (``input``/``param`` for graph arguments)."""
-    return n.op if n.op in ("input", "param") else OPS[n.op].kind
+        return last.inputs[0].shape if last.kind == OpKind.REDUCTION else last.shape
 
 
 def partition(graph: Graph) -> list[Group]:
@@ -56,7 +77,7 @@ def partition(graph: Graph) -> list[Group]:
     next_id = 0
 
     for n in reversed(graph.nodes):
-        if kind_of(n) != "pointwise":
+        if n.kind != OpKind.POINTWISE:
             continue
         pointwise_users = {group_of[u] for u in users[n] if u in group_of}
         same = [gid for gid in pointwise_users if shape_of[gid] == n.shape]
@@ -93,7 +114,7 @@ def partition(graph: Graph) -> list[Group]:
     # a full reduction (sum/mean) ends the kernel that computes its input:
     # each program writes a partial sum, so the input is never written out
     for n in graph.nodes:
-        if kind_of(n) != "reduction":
+        if n.kind != OpKind.REDUCTION:
             continue
         src = n.inputs[0]
         gid = group_of.get(src)
@@ -112,7 +133,7 @@ def partition(graph: Graph) -> list[Group]:
         for gid in dict.fromkeys(group_of[u] for u in users[n] if u in group_of):
             nodes = members[gid]
             if (gid not in anchored and shape_of[gid] == n.shape
-                    and all(kind_of(m) == "pointwise" for m in nodes)
+                    and all(m.kind == OpKind.POINTWISE for m in nodes)
                     and not any(i in nodes for i in n.operands())  # A and B come from outside
                     and _acyclic({n, *nodes}, users, group_of, members)):
                 anchored.add(gid)
@@ -126,9 +147,9 @@ def partition(graph: Graph) -> list[Group]:
     for n in graph.nodes:
         if n in group_of:
             continue
-        groups.append(Group(kind_of(n), [n]))
+        groups.append(Group(_SINGLE[n.kind], [n]))
     for gid, nodes in members.items():
-        groups.append(Group("matmul" if gid in anchored else "pointwise",
+        groups.append(Group(GroupKind.MATMUL_EPILOGUE if gid in anchored else GroupKind.POINTWISE,
                             sorted(nodes, key=order.__getitem__)))
     for grp in groups:
         inside = set(grp.nodes)
@@ -141,7 +162,7 @@ def partition(graph: Graph) -> list[Group]:
 def anchors_epilogue(n: Node) -> bool:
     """A matmul our kernel runs: the table gives its form, and A and B are float
     matrices (rank >= 2, the result's dtype). Others stay torch calls."""
-    if kind_of(n) != "matmul" or OPS[n.op].form is None or n.dtype not in FLOAT_TYPES:
+    if n.kind != OpKind.MATMUL or OPS[n.op].form is None or n.dtype not in FLOAT_TYPES:
         return False
     form = OPS[n.op].form
     return all(isinstance(x, Node) and x.dtype == n.dtype and len(x.shape) >= 2
@@ -154,7 +175,7 @@ def _merge_siblings(members: dict, shape_of: dict, group_of: dict, skip: set, us
     path runs between them: a backward that writes several input gradients is then one
     kernel reading each saved input once, not one kernel per gradient."""
     plain = sorted((gid for gid in members if gid not in skip
-                    and all(kind_of(m) == "pointwise" for m in members[gid])),
+                    and all(m.kind == OpKind.POINTWISE for m in members[gid])),
                    key=lambda gid: min(order[m] for m in members[gid]))
     kept: list[int] = []
     for gid in plain:
@@ -234,19 +255,19 @@ def check_partition(graph: Graph, groups: list[Group]) -> None:
         for i in g.inputs:
             if i not in done:
                 raise AssertionError(f"group of {g.nodes} reads {i!r} before it is computed")
-        if g.kind == "pointwise":
-            shapes = {o.shape for o in g.outputs if kind_of(o) != "reduction"}
+        if g.kind == GroupKind.POINTWISE:
+            shapes = {o.shape for o in g.outputs if o.kind != OpKind.REDUCTION}
             if len(shapes) > 1:
                 raise AssertionError(f"pointwise group writes several shapes {shapes}")
-            if any(kind_of(n) not in ("pointwise", "reduction") for n in g.nodes):
+            if any(n.kind not in FUSIBLE for n in g.nodes):
                 raise AssertionError(f"non-pointwise node in a pointwise group: {g.nodes}")
             for r in g.nodes:
-                if kind_of(r) == "reduction" and (r.inputs[0] not in g.nodes
+                if r.kind == OpKind.REDUCTION and (r.inputs[0] not in g.nodes
                                                   or r.inputs[0].shape != g.shape):
                     raise AssertionError(f"{r!r} reduces a value its group does not compute")
-        if g.kind == "matmul" and len(g.nodes) > 1:
-            anchor = [n for n in g.nodes if kind_of(n) == "matmul"]
-            if len(anchor) != 1 or any(kind_of(n) != "pointwise" for n in g.nodes if n is not anchor[0]):
+        if g.kind == GroupKind.MATMUL_EPILOGUE:
+            anchor = [n for n in g.nodes if n.kind == OpKind.MATMUL]
+            if len(anchor) != 1 or any(n.kind != OpKind.POINTWISE for n in g.nodes if n is not anchor[0]):
                 raise AssertionError(f"a matmul group is one matmul and pointwise ops: {g.nodes}")
             if any(o.shape != anchor[0].shape for o in g.outputs):
                 raise AssertionError(f"matmul group writes a shape other than its result's: {g.outputs}")

@@ -1,8 +1,8 @@
 """The graph passes, in the order they run. Each is a pure ``Graph -> Graph``."""
 from __future__ import annotations
 
-from ir.autodiff import eliminate_dead_code
 from ir.graph import Graph, Node
+from ir.rewrite import eliminate_dead_code
 
 
 def rewrite_sigmoid_bce(graph: Graph) -> Graph:

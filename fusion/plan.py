@@ -1,74 +1,126 @@
-"""A compiled plan: the pipeline that builds it, and the loop that runs it.
+"""Plans: one function (``build_plan``) builds a plan from a graph, forward and backward alike.
 
     graph --verify--> passes --verify--> partition --check--> steps
 
-Pointwise groups run as generated kernels (``fusion.kernel``), matmul groups
-with an epilogue as matmul kernels (``fusion.matmul_kernel``), each wrapped in a
-``torch.autograd.Function`` when gradients are needed; every other group runs
-its eager torch reference, so autograd sees it as usual.
+Each fused group becomes a step with its generated kernel (``fusion.kernel``,
+``fusion.matmul_kernel``); every other step runs its nodes with the reference
+interpreter. A fused forward step pairs with its backward through a
+``BackwardPlan``, built on first use for each pattern of needed input
+gradients: what the forward saves (inputs, and values its kernel keeps such as
+a matmul result) and the backward plan that reads them. The runtime
+(``fusion.runtime``) runs plans; nothing here runs a kernel.
 """
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass, field
 
-from fusion.backend import EAGER
-from fusion.partition import Group, check_partition, partition
+from fusion.kernel import FusedKernel, PointwiseKernel
+from fusion.matmul_kernel import MatmulKernel
+from fusion.modes import Mode
+from fusion.partition import FUSED, Group, GroupKind, check_partition, partition
 from fusion.passes import PASSES
-from ir.capture import run_extern
-from ir.graph import Graph, Node
+from ir.autodiff import BackwardGraph, backward_graph, differentiable
+from ir.graph import Graph
 from ir.ops import OPS
 
+KERNEL_FAMILIES = {GroupKind.POINTWISE: PointwiseKernel, GroupKind.MATMUL_EPILOGUE: MatmulKernel}
 
+
+@dataclass(eq=False)
+class Step:
+    """One group of a plan; ``kernel`` is None where no generated kernel runs it."""
+    group: Group
+    kernel: FusedKernel | None
+    backward: dict = field(default_factory=dict)  # needs -> BackwardPlan, built on first use
+
+    def backward_for(self, needs: tuple) -> "BackwardPlan":
+        """The backward of this step for one pattern of needed input gradients (cached)."""
+        if needs not in self.backward:
+            self.backward[needs] = plan_backward(self, needs)
+        return self.backward[needs]
+
+
+@dataclass(eq=False)
 class Plan:
-    """A graph split into groups, ready to run with one executor per group."""
+    """A graph split into steps, in execution order."""
+    graph: Graph
+    mode: Mode
+    role: str                  # "forward" | "backward"
+    steps: list[Step]
 
-    def __init__(self, graph: Graph, mode: str, role: str = "forward"):
-        from fusion.kernel import PointwiseKernel
-        from fusion.matmul_kernel import MatmulKernel
+    @property
+    def groups(self) -> list[Group]:
+        return [s.group for s in self.steps]
+
+    @property
+    def kernels(self) -> dict[Group, FusedKernel]:
+        """The generated kernels, by group."""
+        return {s.group: s.kernel for s in self.steps if s.kernel is not None}
+
+
+def build_plan(graph: Graph, mode: Mode, role: str = "forward") -> Plan:
+    """Verify, optimise and partition ``graph``; one kernel per fused group (none in eager mode)."""
+    graph.verify()
+    for p in PASSES:
+        graph = p(graph)
         graph.verify()
-        for p in PASSES:
-            graph = p(graph)
-            graph.verify()
-        self.graph = graph
-        self.mode = mode
-        self.role = role
-        self.groups = partition(graph)
-        check_partition(graph, self.groups)
-        # one kernel class per fused group kind; a lone matmul stays a torch call
-        kernel_for = {"pointwise": PointwiseKernel, "matmul": MatmulKernel}
-        self.kernels: dict[Group, PointwiseKernel | MatmulKernel] = {
-            g: kernel_for[g.kind](g, mode, role) for g in self.groups
-            if mode != EAGER and (g.kind == "pointwise" or (g.kind == "matmul" and len(g.nodes) > 1))}
-
-    def run(self, inputs: list, params: dict | None = None) -> list:
-        """Run on ``inputs`` (one per graph input, in order); returns the outputs."""
-        env: dict[Node, object] = {}
-        it = iter(inputs)
-        for g in self.groups:
-            if g.kind == "input":
-                env[g.nodes[0]] = next(it)
-            elif g.kind == "param":
-                env[g.nodes[0]] = params[g.nodes[0].name]
-            elif g in self.kernels:
-                outs = run_kernel(self.kernels[g], [env[i] for i in g.inputs])
-                env.update(zip(g.outputs, outs))
-            else:
-                for n in g.nodes:
-                    env[n] = eval_node(n, env)
-        return [env[o] for o in self.graph.outputs]
+    groups = partition(graph)
+    check_partition(graph, groups)
+    steps = [Step(g, KERNEL_FAMILIES[g.kind](g, mode, role) if g.kind in FUSED and mode != Mode.EAGER
+                  else None) for g in groups]
+    return Plan(graph, mode, role, steps)
 
 
-def eval_node(n: Node, env: dict):
-    """Run one node with its eager reference (the oracle and the CPU fallback)."""
-    if n.op == "extern":
-        return run_extern(n, env)
-    args = [env[i] if isinstance(i, Node) else i for i in n.inputs]
-    return OPS[n.op].eager(*args, **n.attrs)
+@dataclass(frozen=True)
+class BackwardPlan:
+    """The pairing of one fused forward step with its backward, for one pattern of
+    needed input gradients.
+
+    The forward kernel writes ``kept`` (a subset of its ``keep_for_backward``)
+    besides its outputs, and saves the group inputs at positions ``saved`` and
+    the kept values; the backward plan reads them and the gradients of the
+    forward outputs, in the order ``graph.arrange`` gives (``inputs`` builds it).
+    """
+    needs: tuple               # per group input: its gradient is computed
+    saved: tuple               # positions of the group inputs the forward saves
+    kept: tuple                # forward values the kernel writes for the backward (Nodes)
+    differentiable_outputs: tuple   # per group output: gradients flow through it
+    graph: BackwardGraph       # its saved slots are the kernel's keep_for_backward, in order
+    plan: Plan
+
+    def inputs(self, saved_tensors: list, grads: list) -> list:
+        """The backward plan's inputs from what the forward saved (the ``saved``
+        inputs, then the ``kept`` values) and the gradients of every forward output."""
+        inputs = [None] * self.graph.n_inputs
+        for k, t in zip(self.saved, saved_tensors):
+            inputs[k] = t
+        kept = dict(zip(self.kept, saved_tensors[len(self.saved):]))
+        return self.graph.arrange(inputs, [kept.get(x) for x in self.graph.saved], grads)
 
 
-def run_kernel(kernel, inputs: list) -> list:
-    """Launch a fused kernel, through autograd when some input needs a gradient."""
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
-        from fusion.autograd import FusedKernelFunction
-        return list(FusedKernelFunction.apply(kernel, *inputs))
-    return kernel(inputs)
+def plan_backward(step: Step, needs: tuple) -> BackwardPlan:
+    """Build the backward of a fused step: which gradients exist, what to save."""
+    g, kernel = step.group, step.kernel
+    # An input with no differentiable path to an output gets None, as in eager (not
+    # zeros); an output reached from no input needing a gradient is non-differentiable.
+    needs = tuple(need and bool(_reaches(g, {x}) & set(g.outputs)) for x, need in zip(g.inputs, needs))
+    reached = _reaches(g, {x for x, need in zip(g.inputs, needs) if need})
+    outputs_differentiable = tuple(differentiable(o) and o in reached for o in g.outputs)
+    bgraph = backward_graph(g.nodes, g.inputs, g.outputs, needs, saved=kernel.keep_for_backward)
+    plan = build_plan(bgraph.graph, kernel.mode, role="backward")
+    # save only what the backward reads: forward inputs, and kept values
+    used = {i for grp in plan.groups for i in grp.inputs} | set(plan.graph.outputs)
+    ins = plan.graph.inputs
+    saved = tuple(k for k in range(len(g.inputs)) if ins[k] in used)
+    kept = tuple(x for k, x in enumerate(bgraph.saved) if ins[len(g.inputs) + k] in used)
+    return BackwardPlan(needs, saved, kept, outputs_differentiable, bgraph, plan)
+
+
+def _reaches(group: Group, sources: set) -> set:
+    """The group values a gradient can flow to from ``sources`` (forward direction):
+    only through differentiable ops and float operands."""
+    reached = set(sources)
+    for n in group.nodes:
+        if OPS[n.op].differentiable and any(i in reached and differentiable(i) for i in n.operands()):
+            reached.add(n)
+    return reached

@@ -1,9 +1,10 @@
-"""``fusion.explain``: what was captured, fused, generated and left to torch."""
+"""What ``fusion.explain`` returns: the report of one compiled call, and how it prints."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fusion.backend import describe
+from codegen.gpu_report import compile_for
+from fusion.modes import Mode
 
 
 @dataclass
@@ -28,7 +29,6 @@ class KernelReport:
     def compile_for(self, arch: str = "sm_90"):
         """Compile for ``sm_90`` / ``sm_80`` without a GPU: ``.ptx``, ``.registers``,
         ``.spills``, ``.shared_bytes``."""
-        from codegen.gpu_report import compile_for
         return compile_for(self.path, self.name, self._example, arch, self._constexprs or None,
                            self._num_warps, self._num_stages)
 
@@ -37,7 +37,7 @@ class KernelReport:
 class Report:
     """The result of ``fusion.explain``; ``str(report)`` is a readable summary."""
     graph: str
-    mode: str
+    mode: Mode
     kernels: list
     backward_kernels: list
     extern: list          # (op, reason) for every node not fused
@@ -47,7 +47,7 @@ class Report:
     rewrites: list = field(default_factory=list)  # what the passes changed, in words
 
     def __str__(self) -> str:
-        lines = ["== IR ==", self.graph, "", f"== Execution: {describe(self.mode)} =="]
+        lines = ["== IR ==", self.graph, "", f"== Execution: {self.mode.describe()} =="]
         if self.rewrites:
             lines += ["", "== Rewrites =="] + self.rewrites
         for title, ks in (("Forward kernels", self.kernels), ("Backward kernels", self.backward_kernels)):
@@ -73,16 +73,3 @@ class Report:
                 f" (eager autograd saves {self.eager_saved_bytes:,})"
             lines.append(f"total {self.saved_bytes:,} bytes{eager}; a module's parameters not counted")
         return "\n".join(lines)
-
-
-def explain(model, *example_inputs, **example_kwargs) -> Report:
-    """Compile ``model``, run it once on the examples, and report what happened.
-
-    When an input or parameter requires grad, a backward pass is run too
-    (with ``torch.autograd.grad``: nothing accumulates into ``.grad``) so the
-    backward kernels are listed.
-    """
-    import fusion
-    from fusion.explain_collect import collect
-    compiled = model if isinstance(model, fusion.CompiledModule) else fusion.compile(model)
-    return collect(compiled, example_inputs, example_kwargs)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ir.graph import Node
-from ir.ops import DECOMPOSITIONS, op
+from ir.opdef import DECOMPOSITIONS, OpKind, op
 from ir.types import describe, elementwise
 
 
@@ -32,21 +32,21 @@ def _no_dims(alias, args, kwargs):
 
 # Full reductions: the gradient is the incoming 0-d gradient itself (sum) or scaled
 # by 1/n (mean); autodiff broadcasts it where it meets an input.
-op("sum", "reduction", _full_reduction_rule, torch.sum, lambda b, out, g, x: (g,),
+op("sum", OpKind.REDUCTION, _full_reduction_rule, torch.sum, lambda bwd, out, g, x: (g,),
    aliases=(torch.sum, "sum"), parse=_no_dims, combine=lambda partials, n: partials.sum())
-op("mean", "reduction", _full_reduction_rule, torch.mean,
-   lambda b, out, g, x: (b.call("mul", g, 1.0 / max(x.numel, 1)),),
+op("mean", OpKind.REDUCTION, _full_reduction_rule, torch.mean,
+   lambda bwd, out, g, x: (bwd.call("mul", g, 1.0 / max(x.numel, 1)),),
    aliases=(torch.mean, "mean"), parse=_no_dims,
    combine=lambda partials, n: partials.sum() / n if n else partials.new_tensor(float("nan")))
 
 
-def _bce_vjp(b, out, g, p, y):
+def _bce_vjp(bwd, out, g, p, y):
     # torch's rule: d/dp = (p - y) / max(p (1 - p), 1e-12); d/dy = log(1-p) - log(p), clamped
-    denom = b.call("maximum", b.call("mul", p, b.call("sub", 1.0, p)), 1e-12)
-    gp = b.call("div", b.call("mul", g, b.call("sub", p, y)), denom)
-    log_p = b.call("maximum", b.call("log", p), -100.0)
-    log_q = b.call("maximum", b.call("log", b.call("sub", 1.0, p)), -100.0)
-    return gp, b.call("mul", g, b.call("sub", log_q, log_p))
+    denom = bwd.call("maximum", bwd.call("mul", p, bwd.call("sub", 1.0, p)), 1e-12)
+    gp = bwd.call("div", bwd.call("mul", g, bwd.call("sub", p, y)), denom)
+    log_p = bwd.call("maximum", bwd.call("log", p), -100.0)
+    log_q = bwd.call("maximum", bwd.call("log", bwd.call("sub", 1.0, p)), -100.0)
+    return gp, bwd.call("mul", g, bwd.call("sub", log_q, log_p))
 
 
 def _same_shape(op_name, inputs, attrs):
@@ -59,28 +59,28 @@ def _same_shape(op_name, inputs, attrs):
 
 
 # internal: reached through DECOMPOSITIONS (F.binary_cross_entropy, nn.BCELoss, ...)
-op("bce", "pointwise", _same_shape,
+op("bce", OpKind.POINTWISE, _same_shape,
    lambda p, y: F.binary_cross_entropy(p, y, reduction="none"), _bce_vjp,
-   triton=lambda a, at, ct: f"bce({a[0]}, {a[1]})", promotion="float", domain="probability", arity=2,
-   internal=True)
+   triton=lambda args, attrs, ctype: f"bce({args[0]}, {args[1]})", promotion="float", domain="probability", arity=2,
+   internal=True, live_values=3)
 
-def _sigmoid_minus(b, z, y):
+def _sigmoid_minus(bwd, z, y):
     """sigmoid(z) - y without cancellation: for z >= 0 it is (1 - y) - sigmoid(-z),
     exact for y = 1 where sigmoid(z) itself has rounded to 1."""
-    pos = b.call("sub", b.call("sub", 1.0, y), b.call("sigmoid", b.call("neg", z)))
-    neg = b.call("sub", b.call("sigmoid", z), y)
-    return b.call("where", b.call("ge", z, 0.0), pos, neg)
+    pos = bwd.call("sub", bwd.call("sub", 1.0, y), bwd.call("sigmoid", bwd.call("neg", z)))
+    neg = bwd.call("sub", bwd.call("sigmoid", z), y)
+    return bwd.call("where", bwd.call("ge", z, 0.0), pos, neg)
 
 
-op("bce_logits", "pointwise", _same_shape,
+op("bce_logits", OpKind.POINTWISE, _same_shape,
    lambda z, y: F.binary_cross_entropy_with_logits(z, y, reduction="none"),
-   lambda b, out, g, z, y: (b.call("mul", g, _sigmoid_minus(b, z, y)), b.call("mul", g, b.call("neg", z))),
-   triton=lambda a, at, ct: f"bce_logits({a[0]}, {a[1]})", promotion="float", arity=2,
-   domain=("real", "probability"), internal=True)
+   lambda bwd, out, g, z, y: (bwd.call("mul", g, _sigmoid_minus(bwd, z, y)), bwd.call("mul", g, bwd.call("neg", z))),
+   triton=lambda args, attrs, ctype: f"bce_logits({args[0]}, {args[1]})", promotion="float", arity=2,
+   domain=("real", "probability"), internal=True, live_values=3)
 
 
 def _bce_decomposition(elementwise_op):
-    def build(b, target, args, kwargs):
+    def build(graph, target, args, kwargs):
         if isinstance(target, torch.nn.Module):  # nn.BCELoss / nn.BCEWithLogitsLoss
             opts = {"weight": target.weight, "reduction": target.reduction,
                     "pos_weight": getattr(target, "pos_weight", None)}
@@ -91,9 +91,9 @@ def _bce_decomposition(elementwise_op):
             opts = dict(zip(names, args[2:]), **kwargs)
         if any(opts.get(k) is not None for k in ("weight", "pos_weight", "size_average", "reduce")):
             raise NotImplementedError("weights and the legacy size_average/reduce are not fused")
-        loss = b.call(elementwise_op, args[0], args[1])
+        loss = graph.call(elementwise_op, args[0], args[1])
         reduction = opts.get("reduction", "mean")
-        return loss if reduction == "none" else b.call(reduction, loss)
+        return loss if reduction == "none" else graph.call(reduction, loss)
     return build
 
 

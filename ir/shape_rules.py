@@ -9,7 +9,7 @@ its type, prefixed by the op and the shapes.
 from __future__ import annotations
 
 from ir.graph import Node, numel
-from ir.types import broadcast_shape, device_of, meta_rule
+from ir.types import broadcast_shapes, device_of, meta_rule
 
 
 def _dim(d: int, n: int) -> int | None:
@@ -111,7 +111,7 @@ def _matmul_shape(a: tuple, b: tuple):
     if a2[-1] != b2[-2]:
         return None
     try:
-        batch = broadcast_shape("matmul", [_Shape(a2[:-2]), _Shape(b2[:-2])])
+        batch = broadcast_shapes("matmul", [a2[:-2], b2[:-2]])
     except RuntimeError:
         return None
     out = batch + (a2[-2], b2[-1])
@@ -120,12 +120,6 @@ def _matmul_shape(a: tuple, b: tuple):
     if len(b) == 1:
         out = out[:-1]
     return out
-
-
-class _Shape:
-    """Just a shape, for broadcast_shape."""
-    def __init__(self, shape):
-        self.shape = tuple(shape)
 
 
 def matmul_rule(op, inputs, attrs):
@@ -142,7 +136,7 @@ def linear_rule(op, inputs, attrs):
     ok = shape is not None and x.dtype == w.dtype and all(b.dtype == x.dtype for b in bias)
     if ok and bias:
         try:
-            ok = broadcast_shape(op, [bias[0], _Shape(shape)]) == shape
+            ok = broadcast_shapes(op, [bias[0].shape, shape]) == shape
         except RuntimeError:
             ok = False
     if not ok:
@@ -156,7 +150,7 @@ def addmm_rule(op, inputs, attrs):
     ok = shape is not None and a.dtype == b.dtype == bias.dtype
     if ok:
         try:
-            ok = broadcast_shape(op, [bias, _Shape(shape)]) == shape
+            ok = broadcast_shapes(op, [bias.shape, shape]) == shape
         except RuntimeError:
             ok = False
     if not ok:

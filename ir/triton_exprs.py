@@ -46,9 +46,6 @@ def cast_expr(x: str, dtype: torch.dtype) -> str:
         return f"({x} != 0)"
     if dtype in (torch.float16, torch.bfloat16):
         # through fp32 as torch does (c10::Half/BFloat16 are built from a float), so fp64 and
-        # int sources round exactly like eager; Triton's interpreter also miscasts fp64/int
-        # straight to bf16 (it reinterprets the value as uint16)
-        if dtype == torch.bfloat16:
-            return f"round_to_bf16({x}.to(tl.float32))"
+        # int sources round exactly like eager; then back to the compute type
         return f"{x}.to(tl.float32).to({triton_type(dtype)}).to({compute_type(dtype)})"
     return f"{x}.to({compute_type(dtype)})"

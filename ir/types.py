@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ir.graph import Node
+from ir.opdef import OPS
 
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -37,9 +38,13 @@ def device_of(op: str, inputs) -> torch.device:
 
 
 def broadcast_shape(op: str, inputs) -> tuple:
+    """torch broadcasting of the operands' shapes (constants have none)."""
+    return broadcast_shapes(op, [tuple(n.shape) for n in inputs if hasattr(n, "shape")])
+
+
+def broadcast_shapes(op: str, shapes: list) -> tuple:
     """torch broadcasting; the error names the op and the shapes, with eager's type.
     (Written out: torch.broadcast_shapes imports sympy on first use, ~0.5 s.)"""
-    shapes = [tuple(n.shape) for n in inputs if hasattr(n, "shape")]
     rank = max((len(s) for s in shapes), default=0)
     out = [1] * rank
     for s in shapes:
@@ -108,7 +113,6 @@ def sum_to_rule(op, inputs, attrs):
 
 def meta_rule(op, inputs, attrs):
     """Run the op's eager reference on meta tensors: torch's own shape rule, no data."""
-    from ir.ops import OPS
     device = device_of(op, inputs)
     try:
         out = OPS[op].eager(*[meta(i) for i in inputs], **attrs)

@@ -2,7 +2,10 @@
 
 TRITON_INTERPRET must be set before triton is imported, so it is set here,
 before any test module imports fusion. Set FUSION_TEST_DEVICE=cuda (and
-TRITON_INTERPRET=0) to run the same suite on a GPU with real kernels.
+TRITON_INTERPRET=0) to run the same suite on a GPU with real kernels: every
+test follows that device (``helpers.DEVICE`` or the ``device`` fixture) except
+those marked ``cpu_only`` (they build CPU tensors on purpose, to test the
+interpreter path), which a CUDA run skips; ``gpu`` tests need a CUDA GPU.
 """
 import os
 import tempfile
@@ -16,12 +19,9 @@ os.environ.setdefault("FUSION_CACHE_DIR", tempfile.mkdtemp(prefix="fusion-test-c
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# The files whose tensors follow FUSION_TEST_DEVICE; the others build CPU tensors to test
-# the interpreter path, so a CUDA run (benchmarks/gpu_check.sh) skips them.
-DEVICE_AWARE = {"test_autograd.py", "test_bad_inputs.py", "test_cache_and_logging.py",
-                "test_gpu_compile.py", "test_matmul_epilogue.py", "test_op_table.py",
-                "test_pointwise_chains.py", "test_sigmoid_numerics.py", "test_training.py",
-                "test_input_catalogue.py"}
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cpu_only: builds CPU tensors on purpose (skipped on a CUDA run)")
 
 
 @pytest.fixture
@@ -42,11 +42,11 @@ def device():
 
 def pytest_collection_modifyitems(config, items):
     if DEVICE != "cpu":
-        cpu_only = pytest.mark.skip(reason="builds CPU tensors (interpreter path): run without "
+        skip_cpu = pytest.mark.skip(reason="builds CPU tensors (interpreter path): run without "
                                            "FUSION_TEST_DEVICE")
         for item in items:
-            if item.path.name not in DEVICE_AWARE:
-                item.add_marker(cpu_only)
+            if "cpu_only" in item.keywords:
+                item.add_marker(skip_cpu)
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:

@@ -1,5 +1,5 @@
 """Models shared by several tests: the examples' (the seed's BinaryClassifier and gating)
-and the issues' pointwise chains."""
+and the benchmarked pointwise chains."""
 import sys
 from pathlib import Path
 
@@ -22,6 +22,6 @@ def mixed(x, y):
     return torch.relu(x) * torch.sigmoid(y) - torch.tanh(x)
 
 
-# the issues' chains and their operand shapes (b broadcast along rows)
+# the benchmarked chains and their operand shapes (b broadcast along rows)
 CHAINS = {"swish": (swish, [(37, 53)]), "gated": (gated, [(37, 53), (37, 53), (53,)]),
           "mixed": (mixed, [(37, 53), (37, 53)])}

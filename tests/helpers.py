@@ -10,8 +10,9 @@ import os
 
 import torch
 
-from fusion.backend import INTERPRETER, mode_for
-from fusion.plan import Plan
+from fusion.modes import Mode, mode_for
+from fusion.plan import Plan, build_plan
+from fusion.runtime import run_plan
 from ir.graph import Graph
 from ir.ops import OPS
 
@@ -44,7 +45,7 @@ TOL = {torch.float64: dict(rtol=1e-7, atol=1e-7), torch.float32: dict(rtol=1.3e-
        torch.float16: dict(rtol=1e-3, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5)}
 
 
-INTERPRETED = mode_for(DEVICE) == INTERPRETER
+INTERPRETED = mode_for(DEVICE) == Mode.INTERPRETER
 
 
 def one_ulp(exact: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -121,12 +122,11 @@ def op_graph(name: str, operands: list, attrs: dict, extra_neg: bool = False) ->
 
 def run_graph(graph: Graph, tensors: list) -> list:
     """Compile ``graph`` through the whole pipeline and run it (interpreter on CPU)."""
-    plan = Plan(graph, mode_for(DEVICE))
-    return plan.run(list(tensors))
+    return run_plan(build_plan(graph, mode_for(DEVICE)), list(tensors))
 
 
 def plan_of(graph: Graph) -> Plan:
-    return Plan(graph, mode_for(DEVICE))
+    return build_plan(graph, mode_for(DEVICE))
 
 
 def eager_op(name: str, operands: list, attrs: dict, dtype: torch.dtype | None = None):

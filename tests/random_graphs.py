@@ -20,17 +20,17 @@ from dataclasses import dataclass, field
 import torch
 
 import fusion
-from ir.ops import OPS
+from ir.ops import OPS, OpKind
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 EXTREMES = (88.7, -88.7, 89.0, -89.0, 1e4, -1e4, math.inf, -math.inf, math.nan, 0.0, -0.0, 17.0, -17.0)
 SIZES = (1, 3, 5, 7, 13, 16)
-UNARY = [n for n, d in OPS.items() if d.kind == "pointwise" and not d.internal and d.arity == 1
+UNARY = [n for n, d in OPS.items() if d.kind == OpKind.POINTWISE and not d.internal and d.arity == 1
          and d.operand_domains()[0] != "bool" and not d.sample_attrs(()) == ()]
-BINARY = [n for n, d in OPS.items() if d.kind == "pointwise" and not d.internal and d.arity == 2
+BINARY = [n for n, d in OPS.items() if d.kind == OpKind.POINTWISE and not d.internal and d.arity == 2
           and d.differentiable and "probability" not in d.operand_domains()]
 TENSORS_ONLY = ("maximum", "minimum")  # torch refuses Python scalars there
-COMPARE = [n for n, d in OPS.items() if d.kind == "pointwise" and d.arity == 2 and not d.differentiable]
+COMPARE = [n for n, d in OPS.items() if d.kind == OpKind.POINTWISE and d.arity == 2 and not d.differentiable]
 
 # dtype-aware tolerances: an element passes when it is close to eager in its own
 # dtype OR to eager in float64 (we compute half types in fp32: often closer to the
@@ -225,7 +225,7 @@ def check(prog: Program, seed: int = 0) -> tuple[int, str]:
         problem = compare(o, r, w, prog.tol_dtype)
         if problem:
             return 0, f"output {k}: {problem}"
-    kernels = sum(len(k.variants) for p in compiled._plans.values() for k in p.kernels.values())
+    kernels = sum(len(k.variants) for p in compiled.plans for k in p.kernels.values())
     diff = [(o, r, w) for o, r, w in zip(ours, ref, wide) if o.requires_grad]
     if diff and prog.grads:
         weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)

@@ -1,9 +1,9 @@
-"""Issue 3: the fused backward, against torch.autograd.
+"""The fused backward, against torch.autograd.
 
 gradcheck in float64 for every differentiable pointwise op of the table (the
 runtime path: a FusedKernelFunction whose backward is a generated kernel); the
 derivative rule of every differentiable op, views included, against eager
-autograd at ties and kinks; gradients of the issue's chains in fp32/fp16/bf16
+autograd at ties and kinks; gradients of the benchmark chains in fp32/fp16/bf16
 with every requires_grad pattern; one backward kernel per forward kernel; what
 is saved; no_grad; double backward; accumulation. Module behaviour (state_dict,
 optimizers, a training loop) is in test_training.py.
@@ -17,15 +17,27 @@ import pytest
 import torch
 
 import fusion
-from examples_models import CHAINS, gated, mixed, swish  # noqa: F401
-from helpers import (DEVICE, INTERPRETED, SHORT, TOL, one_ulp, op_graph, plan_of, sample,
-                     shape_cases)
+from fusion.partition import GroupKind
+from fusion.runtime import run_plan
 from ir.autodiff import backward_graph
-from ir.ops import OPS
+from ir.ops import OPS, OpKind
 
-DIFFERENTIABLE_POINTWISE = [n for n, d in OPS.items() if d.kind == "pointwise" and d.differentiable]
+from examples_models import CHAINS, gated, mixed, swish  # noqa: F401
+from helpers import (
+    DEVICE,
+    INTERPRETED,
+    SHORT,
+    TOL,
+    one_ulp,
+    op_graph,
+    plan_of,
+    sample,
+    shape_cases,
+)
+
+DIFFERENTIABLE_POINTWISE = [n for n, d in OPS.items() if d.kind == OpKind.POINTWISE and d.differentiable]
 DIFFERENTIABLE = [n for n, d in OPS.items()
-                  if d.kind in ("pointwise", "view", "reduce") and d.differentiable]
+                  if d.kind in (OpKind.POINTWISE, OpKind.VIEW, OpKind.SUM_TO) and d.differentiable]
 
 
 def _seed(*parts) -> torch.Generator:
@@ -71,8 +83,8 @@ def test_gradcheck_pointwise_op(name, case):
         if graph.outputs[0].dtype != torch.float64:
             continue  # a cast to another type: gradcheck needs float64 throughout
         plan = plan_of(graph)
-        assert any(g.kind == "pointwise" for g in plan.groups)
-        assert torch.autograd.gradcheck(lambda *ts: plan.run(list(ts))[0], xs, eps=1e-6, atol=1e-7)
+        assert any(g.kind == GroupKind.POINTWISE for g in plan.groups)
+        assert torch.autograd.gradcheck(lambda *ts: run_plan(plan, list(ts))[0], xs, eps=1e-6, atol=1e-7)
         checked += 1
     assert checked, f"no float64 sample of {name}"
 
@@ -104,7 +116,7 @@ def test_vjp_rule_matches_eager_autograd(name, case):
         needs = tuple(x.requires_grad for x in xs)
         bwd = backward_graph(graph.nodes[len(xs):], graph.inputs, graph.outputs, needs)
         g = sample("real", expected_out.shape, expected_out.dtype, _seed(name, "g"), kinks=False)
-        ours = plan_of(bwd).run([x.detach() for x in xs] + [g])
+        ours = run_plan(plan_of(bwd.graph), [x.detach() for x in xs] + [g])
         wanted = [x for x in xs if x.requires_grad]
         expected = torch.autograd.grad(expected_out, wanted, g, allow_unused=True)
         for k, (a, e) in enumerate(zip(ours, expected)):
@@ -112,7 +124,7 @@ def test_vjp_rule_matches_eager_autograd(name, case):
             torch.testing.assert_close(a, e, msg=lambda m: f"{name}({attrs}) d/dx{k}\n{m}")
 
 
-# ---- the issue's chains: gradients vs eager in every float type ----------------------------
+# ---- the benchmark chains: gradients vs eager in every float type ----------------------------
 
 
 

@@ -1,4 +1,4 @@
-"""Issue 2: wrong inputs and untraceable models give eager's error type and a clear message.
+"""Wrong inputs and untraceable models give eager's error type and a clear message.
 
 Shapes that do not broadcast raise RuntimeError (as eager does) naming the op
 and the shapes; a model torch.fx cannot trace raises fusion.CaptureError
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import fusion
+
 from helpers import DEVICE
 
 

@@ -6,6 +6,8 @@ from torch import nn
 
 import fusion
 
+pytestmark = pytest.mark.cpu_only  # CPU tensors: the interpreter path
+
 LOGITS = [-200.0, -100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 200.0]
 TARGETS = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
 

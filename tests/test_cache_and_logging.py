@@ -1,4 +1,4 @@
-"""Issue 2: FUSION_LOG=code prints the kernels; the kernel cache is reused across processes
+"""FUSION_LOG=code prints the kernels; the kernel cache is reused across processes
 and lives where FUSION_CACHE_DIR says. (Faults: corrupted files, unwritable
 directories, races: test_cache_faults.py.)
 """
@@ -10,11 +10,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 
 import codegen.cache as cache
 import fusion
+
 from helpers import DEVICE
 
 REPO = Path(__file__).resolve().parents[1]

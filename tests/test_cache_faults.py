@@ -9,6 +9,8 @@ import torch
 import codegen.cache as cache
 import fusion
 
+pytestmark = pytest.mark.cpu_only  # CPU tensors: cache faults on the interpreter path
+
 
 def chain(x, g):
     return x * torch.sigmoid(g) - torch.tanh(x)

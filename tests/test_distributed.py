@@ -6,11 +6,14 @@ afterwards the weights must equal a single-process eager run on the whole batch.
 import os
 import tempfile
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from examples_models import BinaryClassifier
+
+pytestmark = pytest.mark.cpu_only  # gloo processes on CPU
 
 STEPS, BATCH = 3, 16
 
@@ -22,8 +25,9 @@ def _data():
 
 def _worker(rank, world, init_file, out_file):
     os.environ["TRITON_INTERPRET"] = "1"
-    import fusion
     from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import fusion
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = DDP(fusion.compile(BinaryClassifier()))

@@ -1,4 +1,4 @@
-"""Issue 2: the generated kernels compile for an H100 (sm_90) and an A100 (sm_80).
+"""The generated kernels compile for an H100 (sm_90) and an A100 (sm_80).
 
 No GPU is needed: ``KernelReport.compile_for`` builds PTX and a cubin with the
 attributes the JIT would infer (16-byte aligned pointers, divisibility of
@@ -20,11 +20,14 @@ import torch
 import fusion
 from codegen.cache import load_kernel, source_path
 from codegen.gpu_report import compile_for
-from codegen.pointwise import STRIDED, PointwiseSpec, emit_pointwise
+from codegen.layouts import InputLayout
+from codegen.pointwise import PointwiseSpec, emit_pointwise
 from fusion.layout import plan_layout
-from helpers import DEVICE, SHORT, op_graph, plan_of, sample
+from fusion.partition import GroupKind
 from ir.graph import Graph
-from ir.ops import OPS
+from ir.ops import OPS, OpKind
+
+from helpers import DEVICE, SHORT, op_graph, plan_of, sample
 
 triton = pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(
@@ -88,7 +91,7 @@ def test_chain_kernels_compile_without_spills_and_use_16_byte_accesses(graph, dt
 
 def _op_cases():
     for name, d in OPS.items():
-        if d.kind == "pointwise":
+        if d.kind == OpKind.POINTWISE:
             yield pytest.param(name, id=name)
 
 
@@ -123,7 +126,7 @@ def _int64_variant(x, g, b):
     """The gated group's kernel emitted with 64-bit offsets, its layout and its inputs
     in the kernel's order (small tensors, so it can run)."""
     plan = plan_of(_gated_graph(x, g, b))
-    (group,) = [grp for grp in plan.groups if grp.kind == "pointwise"]
+    (group,) = [grp for grp in plan.groups if grp.kind == GroupKind.POINTWISE]
     tensors = [{"x": x, "g": g, "b": b}[node.name] for node in group.inputs]
     layout = dataclasses.replace(plan_layout(group.shape, tensors), int64=True)
     spec = PointwiseSpec(tuple(group.nodes), tuple(group.inputs), layout.kinds, tuple(group.outputs),
@@ -138,10 +141,10 @@ def test_int64_offsets_run_correctly_in_the_interpreter():
     b = sample("real", (53,), torch.float32, gen)
     emitted, layout, tensors = _int64_variant(x, g, b)
     assert "pid = tl.program_id(axis=0).to(tl.int64)" in emitted.source
-    assert layout.kinds.count(STRIDED) == 2  # x transposed, b broadcast
+    assert layout.kinds.count(InputLayout.STRIDED) == 2  # x transposed, b broadcast
     args = []
     for t, kind, strides in zip(tensors, layout.kinds, layout.strides):
-        args += [t, *(strides if kind == STRIDED else ())]
+        args += [t, *(strides if kind == InputLayout.STRIDED else ())]
     out = torch.empty(37, 53, device=DEVICE)
     load_kernel(emitted.name, emitted.source)[(2,)](*args, out, *layout.sizes[1:], out.numel(),
                                                       BLOCK_SIZE=1024)
@@ -169,7 +172,7 @@ def test_int64_kernel_compiles_for_sm90_with_64_bit_sizes():
     rows = 2**23 + 16  # 2**31 + 4096 elements, 256 columns
     example = []
     for t, kind in zip(tensors, layout.kinds):
-        example += [("ptr", t.dtype)] + ([("int", 0), ("int", 1)] if kind == STRIDED else [])
+        example += [("ptr", t.dtype)] + ([("int", 0), ("int", 1)] if kind == InputLayout.STRIDED else [])
     example += [("ptr", torch.float32), ("int", 256), ("int", rows * 256)]
     rep = compile_for(str(source_path(emitted.name, emitted.source)), emitted.name, example, "sm_90")
     assert rep.spills == 0

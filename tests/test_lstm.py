@@ -2,12 +2,15 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import fusion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from lstm_cell import LSTMCell, SequenceModel, same_as_lstmcell  # noqa: E402
+
+pytestmark = pytest.mark.cpu_only  # CPU tensors
 
 
 def _inputs(batch=5, n_in=7, hid=6):

@@ -1,4 +1,4 @@
-"""Issue 4: a matmul and the pointwise ops it feeds run as ONE Triton matmul kernel.
+"""A matmul and the pointwise ops it feeds run as ONE Triton matmul kernel.
 
 Forward and backward against eager PyTorch in float64 (fp32, fp16, bf16
 inputs, upcast for the reference), odd shapes, batched and transposed
@@ -11,14 +11,16 @@ import pytest
 import torch
 
 import fusion
-from examples_models import BinaryClassifier, gating
-from fusion.backend import TRITON
 from fusion.matmul_kernel import RECOMPUTE_MAX_K, MatmulKernel, epilogue_weight
 from fusion.matmul_tiles import gpu_candidates, interpreter_config
-from fusion.partition import check_partition, partition
+from fusion.modes import Mode
+from fusion.partition import GroupKind, check_partition, partition
+from ir.capture import trace
+from ir.lower import lower
+from ir.ops import OPS, OpKind
+
+from examples_models import BinaryClassifier, gating
 from helpers import DEVICE
-from ir.capture import lower, trace
-from ir.ops import OPS
 
 # relative to the largest reference value: fp32 sums K products (rounding ~K*eps);
 # half types are computed in fp32 and rounded once, within 1-2 ulps of the float64 result
@@ -262,7 +264,7 @@ def test_gradcheck_with_the_result_kept(monkeypatch):
 
 def test_matmul_entries_declare_their_form():
     for name, d in OPS.items():
-        if d.kind == "matmul":
+        if d.kind == OpKind.MATMUL:
             assert d.form is not None, f"{name} lacks form (which operand is A, B, bias)"
 
 
@@ -286,12 +288,12 @@ def test_tile_heuristics():
 
 def test_tf32_follows_torch_flag_on_cuda_only():
     graph = lower(trace(gating), (rand(37, 19), rand(53, 19))).graph
-    group = next(g for g in partition(graph) if g.kind == "matmul")
+    group = next(g for g in partition(graph) if g.kind == GroupKind.MATMUL_EPILOGUE)
     old = torch.backends.cuda.matmul.allow_tf32
     try:
         for flag in (False, True):
             torch.backends.cuda.matmul.allow_tf32 = flag
-            assert MatmulKernel(group, TRITON).precision() == ("tf32" if flag else "ieee")
+            assert MatmulKernel(group, Mode.TRITON).precision() == ("tf32" if flag else "ieee")
             assert MatmulKernel(group, "triton-interpreter").precision() == "ieee"
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
@@ -308,7 +310,7 @@ def test_generated_source_reads_like_the_tutorial():
 def _matmul_kernel(fn, *inputs) -> MatmulKernel:
     compiled = fusion.compile(fn)
     compiled(*inputs)
-    plan = next(iter(compiled._plans.values()))
+    plan = compiled.plans[0]
     return next(k for k in plan.kernels.values() if isinstance(k, MatmulKernel))
 
 
@@ -316,9 +318,9 @@ def _layouts(fn, *inputs):
     """The layouts the matmul kernels of ``fn`` planned, after one call."""
     compiled = fusion.compile(fn)
     compiled(*inputs)
-    plan = next(iter(compiled._plans.values()))
+    plan = compiled.plans[0]
     return [lay for k in plan.kernels.values() if isinstance(k, MatmulKernel)
-            for lay in k._layouts.values()]
+            for lay in k.layouts.values()]
 
 
 def test_report_names_tile_config_and_flops():

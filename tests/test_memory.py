@@ -7,11 +7,14 @@ import torch
 import torch.nn.functional as F
 
 import fusion
+from fusion.explain import saved_bytes
+
 from examples_models import BinaryClassifier, gating
-from fusion.explain_collect import saved_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from lstm_cell import LSTMCell  # noqa: E402
+
+pytestmark = pytest.mark.cpu_only  # CPU tensors
 
 
 def _chain(x, g, b):

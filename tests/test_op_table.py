@@ -1,4 +1,4 @@
-"""Issue 2: every pointwise and view op of the table, forward, against eager.
+"""Every pointwise and view op of the table, forward, against eager.
 
 Generated from ``ir.ops.OPS``: an op added to the table is swept here with no
 edit to this file. Each op runs alone in an IR graph through the whole
@@ -21,13 +21,25 @@ import pytest
 import torch
 
 import fusion
-from helpers import (DEVICE, FLOATS, SHORT, assert_matches, eager_op, op_graph, run_graph, sample,
-                     scalar_for, shape_cases, special_values)
 from ir.graph import Graph
-from ir.ops import KINDS, OPS, SAMPLE_DOMAINS
+from ir.ops import OPS, SAMPLE_DOMAINS, STRUCTURAL, OpKind
 
-POINTWISE = [n for n, d in OPS.items() if d.kind == "pointwise"]
-VIEWS = [n for n, d in OPS.items() if d.kind == "view"]
+from helpers import (
+    DEVICE,
+    FLOATS,
+    SHORT,
+    assert_matches,
+    eager_op,
+    op_graph,
+    run_graph,
+    sample,
+    scalar_for,
+    shape_cases,
+    special_values,
+)
+
+POINTWISE = [n for n, d in OPS.items() if d.kind == OpKind.POINTWISE]
+VIEWS = [n for n, d in OPS.items() if d.kind == OpKind.VIEW]
 TESTED = POINTWISE + VIEWS
 
 
@@ -37,24 +49,24 @@ def _ops_with(kind_filter):
 
 # ---- the table itself ---------------------------------------------------------------
 
-@pytest.mark.parametrize("name", [n for n in OPS if OPS[n].kind != "extern"])
+@pytest.mark.parametrize("name", [n for n in OPS if OPS[n].kind not in STRUCTURAL | {OpKind.EXTERN}])
 def test_entry_is_complete(name):
     d = OPS[name]
     missing = []
-    if d.kind not in KINDS:
-        missing.append(f"kind {d.kind!r} is not one of {KINDS}")
+    if not isinstance(d.kind, OpKind):
+        missing.append(f"kind {d.kind!r} is not an OpKind")
     for field in ("infer", "eager"):
         if not callable(getattr(d, field)):
             missing.append(field)
     if d.differentiable and not callable(d.vjp):
         missing.append("vjp (the op is differentiable)")
-    if d.kind == "pointwise" and not callable(d.triton):
+    if d.kind == OpKind.POINTWISE and not callable(d.triton):
         missing.append("triton (the op is pointwise)")
     if not d.internal and not d.aliases:
         missing.append("aliases (the op is user-facing; mark compiler-made ops internal=True)")
     if d.internal and d.aliases:
         missing.append("nothing: an internal op must not have torch spellings")
-    if d.kind in ("pointwise", "view"):
+    if d.kind in (OpKind.POINTWISE, OpKind.VIEW):
         domains = d.operand_domains()
         if len(domains) != d.arity:
             missing.append(f"one domain per operand ({d.arity}), got {domains}")
@@ -121,7 +133,7 @@ def _check(name, operands, attrs, what):
 
 
 def _forward_cases():
-    for name in _ops_with(lambda d: d.kind == "pointwise"):
+    for name in _ops_with(lambda d: d.kind == OpKind.POINTWISE):
         for dtype in FLOATS:
             for case in list(shape_cases(OPS[name].arity)) + ["transposed", "sliced"]:
                 yield pytest.param(name, dtype, case, id=f"{name}-{SHORT[dtype]}-{case}")
@@ -141,7 +153,7 @@ def test_pointwise_forward(name, dtype, case):
         _check(name, operands, attrs, f"{name}({attrs}) {SHORT[dtype]} {case}")
 
 
-@pytest.mark.parametrize("name", _ops_with(lambda d: d.kind == "pointwise" and d.arity > 1))
+@pytest.mark.parametrize("name", _ops_with(lambda d: d.kind == OpKind.POINTWISE and d.arity > 1))
 @pytest.mark.parametrize("dtype", FLOATS, ids=SHORT.get)
 def test_pointwise_forward_python_scalar(name, dtype):
     """Each tensor operand replaced in turn by a Python scalar (an inlined constant)."""
@@ -164,7 +176,7 @@ MIXED = [(torch.float16, torch.float32), (torch.bfloat16, torch.float16),
          (torch.float16, "f64 0-d"), (torch.bfloat16, 2), (3, torch.float16)]
 
 
-@pytest.mark.parametrize("name", _ops_with(lambda d: d.kind == "pointwise" and d.arity == 2
+@pytest.mark.parametrize("name", _ops_with(lambda d: d.kind == OpKind.POINTWISE and d.arity == 2
                                            and set(d.operand_domains()) == {"real"}))
 def test_pointwise_forward_mixed_types(name):
     """torch's promotion: mixed float widths, ints with floats, 0-d tensors, scalars."""
@@ -204,7 +216,7 @@ def test_pow_of_integer_tensors_keeps_torchs_types(dtype):
         run_graph(op_graph("pow", [x], {"exponent": -1}), [x])
 
 
-@pytest.mark.parametrize("name", _ops_with(lambda d: d.kind == "pointwise"
+@pytest.mark.parametrize("name", _ops_with(lambda d: d.kind == OpKind.POINTWISE
                                            and "bool" not in d.operand_domains()))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=SHORT.get)
 def test_pointwise_special_values(name, dtype):

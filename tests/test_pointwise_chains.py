@@ -1,6 +1,6 @@
-"""Issue 2: chains of pointwise ops fuse into one kernel and match eager.
+"""Chains of pointwise ops fuse into one kernel and match eager.
 
-The chains of the issue (x·σ(x), x·σ(g)+b with b broadcast, relu(x)·σ(y)−tanh(x))
+The benchmark chains (x·σ(x), x·σ(g)+b with b broadcast, relu(x)·σ(y)−tanh(x))
 in every float type and over odd, broadcast and non-contiguous layouts; random
 chains drawn from the op table with hypothesis; the seed's BinaryClassifier.
 Half types are compared with the float64 result rounded to the type (the
@@ -15,14 +15,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusion
-from examples_models import CHAINS, BinaryClassifier, gated, mixed, swish  # noqa: F401
-from helpers import (DEVICE, FLOATS, INTERPRETED, SHORT, TOL, assert_matches, one_ulp, plan_of,
-                     sample)
+from fusion.partition import GroupKind
+from fusion.runtime import run_plan
 from ir.graph import Graph
-from ir.ops import OPS
+from ir.ops import OPS, OpKind
 
-
-
+from examples_models import CHAINS, BinaryClassifier, gated, mixed, swish  # noqa: F401
+from helpers import (
+    DEVICE,
+    FLOATS,
+    INTERPRETED,
+    SHORT,
+    TOL,
+    assert_matches,
+    one_ulp,
+    plan_of,
+    sample,
+)
 
 
 def _inputs(shapes, dtype, layout="contiguous", seed=0):
@@ -115,9 +124,9 @@ def test_two_outputs_of_one_chain_are_written_by_one_kernel():
 
 # ---- random chains from the op table --------------------------------------------------
 
-UNARY = [n for n, d in OPS.items() if d.kind == "pointwise" and d.arity == 1 and not d.internal
+UNARY = [n for n, d in OPS.items() if d.kind == OpKind.POINTWISE and d.arity == 1 and not d.internal
          and d.operand_domains() == ("real",) and d.sample_attrs(()) == ({},)]
-BINARY = [n for n, d in OPS.items() if d.kind == "pointwise" and d.arity == 2 and not d.internal
+BINARY = [n for n, d in OPS.items() if d.kind == OpKind.POINTWISE and d.arity == 2 and not d.internal
           and d.operand_domains() == ("real", "real") and d.differentiable]
 
 
@@ -161,8 +170,8 @@ def test_random_chains_are_one_kernel_per_shape_and_match_eager(chain, seed):
     tensors = [sample("real", s, torch.float64, gen) for s in shapes]
     graph = _build(shapes, steps, torch.float64)
     plan = plan_of(graph)
-    (ours,) = plan.run(tensors)
-    groups = [grp for grp in plan.groups if grp.kind == "pointwise"]
+    (ours,) = run_plan(plan, tensors)
+    groups = [grp for grp in plan.groups if grp.kind == GroupKind.POINTWISE]
     expected = _eager(steps, tensors)
     torch.testing.assert_close(ours, expected, equal_nan=True,
                                msg=lambda m: f"{graph}\n{m}")

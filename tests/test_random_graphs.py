@@ -5,10 +5,13 @@ runs any number. Failures hypothesis found are kept below as regression tests.
 """
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import random_graphs
+
+pytestmark = pytest.mark.cpu_only  # CPU tensors in the interpreter
 
 N_GRAPHS = int(os.environ.get("FUSION_RANDOM_GRAPHS", "300"))
 
@@ -26,7 +29,7 @@ def test_random_program_matches_eager(data, n_steps, seed):
 # Regressions: what the fuzzer found, shrunk by hand to the smallest program.
 
 def _grads(fn, *args):
-    import torch
+
     import fusion
     ours_in = [a.detach().clone().requires_grad_(a.requires_grad) for a in args]
     ref_in = [a.detach().clone().requires_grad_(a.requires_grad) for a in args]

@@ -1,4 +1,4 @@
-"""Issues 2 and 3: sigmoid's forward and gradient at the extremes, against exact values.
+"""Sigmoid's forward and gradient at the extremes, against exact values.
 
 The kernel's sigmoid is z = exp(-|x|); x >= 0: 1/(1+z), x < 0: z/(1+z), and its
 gradient z/(1+z)^2, recomputed from x. References: the same closed forms in
@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import fusion
+
 from helpers import DEVICE, SHORT
 
 mpmath = pytest.importorskip("mpmath")

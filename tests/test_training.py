@@ -1,4 +1,4 @@
-"""Issue 3: a compiled module trains like the original.
+"""A compiled module trains like the original.
 
 Parameters, state_dict and optimizers see the original's tensors; a training
 loop on the seed's classifier (BCELoss, SGD and Adam) follows eager step by step.
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import fusion
+
 from examples_models import BinaryClassifier
 from helpers import DEVICE
 

@@ -1,0 +1,117 @@
+"""``fusion.explain``: compile, run once, and report what was captured, fused,
+generated and left to torch (``fusion.report`` holds the report's shape)."""
+from __future__ import annotations
+
+import torch
+import torch.utils._pytree as pytree
+
+from fusion.api import CompiledModule
+from fusion.api import compile as compile_model
+from fusion.matmul_tiles import interpreter_config
+from fusion.modes import Mode
+from fusion.report import KernelReport, Report
+from ir.graph import format_value
+from ir.ops import OpKind
+
+
+def explain(model, *example_inputs, **example_kwargs) -> Report:
+    """Compile ``model``, run it once on the examples, and report what happened.
+
+    When an input or parameter requires grad, a backward pass is run too
+    (with ``torch.autograd.grad``: nothing accumulates into ``.grad``) so the
+    backward kernels are listed.
+    """
+    compiled = model if isinstance(model, CompiledModule) else compile_model(model)
+    args, kwargs = example_inputs, example_kwargs
+    out, ours_saved = saved_bytes(compiled, *args, **kwargs)
+    if compiled.eager_reason is not None:
+        return Report(f"(not captured: {compiled.eager_reason})", Mode.EAGER, [], [],
+                      [("<whole model>", compiled.eager_reason)], [], 0, None)
+    plan = compiled.plan_for(*args, **kwargs)
+    wants_grad = [t for t in _tensor_leaves(out) if t.requires_grad]
+    eager_saved = None
+    if wants_grad:
+        _, eager_saved = saved_bytes(compiled.original, *args, **kwargs)
+        sources = [t for t in _tensor_leaves((args, kwargs)) + list(compiled.parameters())
+                   if t.requires_grad]
+        torch.autograd.grad(wants_grad, sources, [torch.ones_like(t) for t in wants_grad],
+                            allow_unused=True)
+    kernels, backward, saved = [], [], []
+    for step in plan.steps:
+        if step.kernel is None:
+            continue
+        kernels += kernel_reports(step.kernel)
+        for bwd in step.backward.values():
+            name = next((v.emitted.name for v in step.kernel.variants.values()), "kernel")
+            saved.append((name, [f"%{step.group.inputs[i].id}" for i in bwd.saved]
+                          + [f"%{n.id} ({n.op} result, kept)" for n in bwd.kept]))
+            for bk in bwd.plan.kernels.values():
+                backward += kernel_reports(bk)
+    extern = [(n.attrs["label"], n.attrs["reason"]) for n in plan.graph.nodes if n.kind == OpKind.EXTERN]
+    return Report(str(plan.graph), plan.mode, kernels, backward, extern, saved, ours_saved, eager_saved,
+                  rewrites=list(plan.graph.notes))
+
+
+def saved_bytes(fn, *args, **kwargs) -> tuple[object, int]:
+    """Run ``fn`` and count the bytes autograd saves for backward (distinct storages).
+
+    A module's own parameters and buffers are not counted: they stay alive for the
+    whole step whether backward holds them or not (a matmul kernel that recomputes
+    its result in backward holds the weight instead of the M x N result).
+    """
+    seen: dict[int, int] = {}
+    owned = set()
+    if isinstance(fn, torch.nn.Module):
+        owned = {t.untyped_storage().data_ptr() for t in [*fn.parameters(), *fn.buffers()]}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor) and t.numel() and t.untyped_storage().data_ptr() not in owned:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args, **kwargs)
+    return out, sum(seen.values())
+
+
+def _tensor_leaves(x) -> list:
+    return [t for t in pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
+
+
+def kernel_reports(kernel) -> list[KernelReport]:
+    """One report per generated variant of a pointwise or matmul kernel."""
+    if kernel.family == "matmul":
+        return [matmul_report(kernel, v) for v in kernel.variants.values()]
+    g = kernel.group
+    out = []
+    for v in kernel.variants.values():
+        read = sum(_nbytes(i) for i in g.inputs)
+        written = sum(_nbytes(o) for o in g.outputs)
+        eager = sum(sum(_nbytes(i) for i in n.operands()) + _nbytes(n) for n in g.nodes)
+        out.append(KernelReport(
+            v.emitted.name, "pointwise", v.emitted.source, v.path,
+            [format_value(i) for i in g.inputs], [f"%{o.id}: {o.type_str()}" for o in g.outputs],
+            read, written, eager, v.example, {"BLOCK_SIZE": 1024}))
+    return out
+
+
+def matmul_report(kernel, v) -> KernelReport:
+    """A matmul-epilogue kernel next to its unfused alternative: torch's matmul
+    writing the result, then each epilogue op reading and writing a tensor."""
+    g, anchor = kernel.group, kernel.anchor
+    # v.outputs: the group's outputs, plus the matmul result where it is kept for backward
+    written = sum(_nbytes(o) for o in v.outputs)
+    eager = sum(sum(_nbytes(i) for i in n.operands()) + _nbytes(n) for n in g.nodes)
+    flops = 2 * anchor.numel * kernel.K + anchor.numel * len(kernel.epilogue)
+    cpu = interpreter_config(anchor.shape[-2], anchor.shape[-1], kernel.K)
+    config = f"{v.config} on a GPU (autotuned over {len(v.candidates)}); interpreter: " \
+             f"BLOCK {cpu.BLOCK_M}x{cpu.BLOCK_N}x{cpu.BLOCK_K}"
+    return KernelReport(
+        v.emitted.name, "matmul", v.emitted.source, v.path,
+        [format_value(i) for i in g.inputs], [f"%{o.id}: {o.type_str()}" for o in v.outputs],
+        sum(_nbytes(i) for i in g.inputs), written, eager, v.example, dict(v.config.constexprs),
+        flops=flops, config=config, _num_warps=v.config.num_warps, _num_stages=v.config.num_stages)
+
+
+def _nbytes(n) -> int:
+    return n.numel * n.dtype.itemsize if n.dtype is not None else 0

@@ -1,0 +1,106 @@
+"""What an op is: its kind, and the declaration every op-table entry fills in.
+
+This module is the bottom of ``ir``: it declares the ``OpDef`` record and the
+registry ``OPS``, and imports nothing of ours. The entries themselves live in
+``ir/ops_*.py`` (one file per family) and register here when ``ir`` is
+imported (``ir/__init__.py`` imports ``ir.ops``, which imports them all), so
+whoever holds a ``Graph`` finds the table filled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
+
+
+class OpKind(str, Enum):
+    """What fusion reads of an op (tinygrad's ``Ops`` groups, TVM's fusion kinds)."""
+    POINTWISE = "pointwise"    # one output element from the same element of each operand
+    REDUCTION = "reduction"    # a full sum/mean: may end the pointwise kernel computing its input
+    SUM_TO = "sum_to"          # reduce a broadcast gradient to an input's shape: run by torch
+    VIEW = "view"              # no data moves: torch makes the view, kernels read it by strides
+    MATMUL = "matmul"          # may anchor a matmul-epilogue kernel (form says how)
+    EXTERN = "extern"          # not in the table: run by eager torch, reported by explain
+    INPUT = "input"            # structural: a graph argument
+    PARAM = "param"            # structural: a module parameter or buffer, read at every call
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# op kinds a generated pointwise kernel may contain (a reduction only as its last step)
+FUSIBLE = frozenset({OpKind.POINTWISE, OpKind.REDUCTION})
+STRUCTURAL = frozenset({OpKind.INPUT, OpKind.PARAM})
+
+
+@dataclass(frozen=True)
+class MatmulForm:
+    """How a matmul op maps onto ``out = A @ B (+ bias)``, by operand index.
+
+    ``b_transposed``: B is given as [N, K] (linear's weight); the kernel reads
+    it through swapped strides, never a copy. ``bias`` is added in the
+    epilogue, broadcast over the output like any pointwise operand.
+    """
+    a: int
+    b: int
+    bias: int | None = None
+    b_transposed: bool = False
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Everything about one op, side by side.
+
+    ``infer(op, inputs, attrs) -> (shape, dtype, device)`` types a node;
+    ``eager(*inputs, **attrs)`` is torch's reference (the oracle and the CPU
+    fallback); ``vjp(b, out, g, *xs, **attrs)`` returns one gradient per input
+    (``None`` where it has none), built with ``b.call``; ``triton(args, attrs,
+    compute_type)`` spells a pointwise op as a Triton expression.
+    """
+    name: str
+    kind: OpKind
+    infer: Callable | None
+    eager: Callable | None
+    vjp: Callable | None       # derivative rule; None only for non-differentiable ops
+    triton: Callable | None = None   # (arg exprs, attrs, compute type) -> expression
+    promotion: str = "common"  # how operands are typed before the expression
+    aliases: tuple = ()        # torch callables / method names capture maps here
+    parse: Callable | None = None   # (alias, args, kwargs) -> (inputs, attrs); None: positional only
+    domain: str | tuple = "real"    # sample inputs the tests draw, one for all operands or one
+                                    # per operand: real, positive, nonzero, bool (see SAMPLE_DOMAINS)
+    arity: int = 1             # tensor operands (pointwise and view ops); attrs come on top
+    sample_attrs: Callable = lambda shape: ({},)   # input shape -> the attrs the tests try
+    internal: bool = False     # no torch spelling maps to it: made only by derivative rules,
+                               # DECOMPOSITIONS or passes (the tests then need no aliases)
+    differentiable: bool = True
+    combine: Callable | None = None  # full reductions: (per-program partial sums, n) -> result
+    wide_fp32: bool = False    # fp32 results computed in fp64 and rounded once (the sigmoids)
+    form: MatmulForm | None = None  # matmul ops: which operand is A, B and the bias
+    live_values: int = 1       # tile-sized temporaries its Triton expression keeps live at once:
+                               # what a matmul epilogue adds to register pressure (helpers: 3)
+
+    def operand_domains(self) -> tuple:
+        """The sample domain of each tensor operand."""
+        return self.domain if isinstance(self.domain, tuple) else (self.domain,) * self.arity
+
+
+# what each sample domain means, for the tests that draw inputs from the table
+SAMPLE_DOMAINS = {
+    "real": "any finite value (normal draws, plus exact 0, ±0.5, ±1, 2 for ties and kinks)",
+    "positive": "values in [0.5, 2]: log, fractional powers",
+    "nonzero": "values with |x| in [0.5, 2]: divisors",
+    "probability": "values in [0.05, 0.95]: probabilities and targets",
+    "bool": "True/False",
+}
+
+
+OPS: dict[str, OpDef] = {}
+# capture spellings that expand to several table ops: alias -> fn(builder, target, args, kwargs)
+DECOMPOSITIONS: dict = {}
+
+
+def op(name: str, kind: OpKind, infer, eager, vjp, **kw) -> OpDef:
+    """Declare an op: its entry in the one table, ``OPS[name]``."""
+    d = OpDef(name, kind, infer, eager, vjp, **kw)
+    OPS[name] = d
+    return d

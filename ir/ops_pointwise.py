@@ -1,0 +1,192 @@
+"""Op-table entries: pointwise arithmetic, transcendental, selection, comparison, cast.
+
+Part of the one table (``ir.ops``); see ``ir.opdef.OpDef`` for the fields.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+
+from ir.opdef import OpKind, op
+from ir.triton_exprs import cast_expr, minmax_expr, pow_expr
+from ir.types import cast_rule, describe, elementwise
+
+
+def _pointwise(name, promotion, eager, triton, vjp, **kw):
+    return op(name, OpKind.POINTWISE, elementwise(promotion), eager, vjp, triton=triton,
+              promotion=promotion, **kw)
+
+
+# ---- pointwise: arithmetic ------------------------------------------------
+_pointwise("add", "common", lambda x, y: torch.add(x, y), lambda args, attrs, ctype: f"{args[0]} + {args[1]}",
+           lambda bwd, out, g, x, y: (g, g), aliases=(torch.add, operator.add, "add", "__add__", "__radd__"), arity=2)
+_pointwise("sub", "common", lambda x, y: torch.sub(x, y), lambda args, attrs, ctype: f"{args[0]} - {args[1]}",
+           lambda bwd, out, g, x, y: (g, bwd.call("neg", g)),
+           aliases=(torch.sub, operator.sub, "sub", "__sub__"), arity=2)
+_pointwise("mul", "common", torch.mul, lambda args, attrs, ctype: f"{args[0]} * {args[1]}",
+           lambda bwd, out, g, x, y: (bwd.call("mul", g, y), bwd.call("mul", g, x)),
+           aliases=(torch.mul, operator.mul, "mul", "__mul__", "__rmul__"), arity=2)
+_pointwise("div", "float", torch.div, lambda args, attrs, ctype: f"{args[0]} / {args[1]}",
+           lambda bwd, out, g, x, y: (
+               bwd.call("div", g, y),
+               # torch's -g * ((x / y) / y): y * y would underflow for tiny y
+               bwd.call("neg", bwd.call("mul", g, bwd.call("div", bwd.call("div", x, y), y)))),
+           aliases=(torch.div, torch.true_divide, operator.truediv, "div", "__truediv__"),
+           arity=2, domain=("real", "nonzero"))
+_pointwise("neg", "common", torch.neg, lambda args, attrs, ctype: f"-{args[0]}",
+           lambda bwd, out, g, x: (bwd.call("neg", g),),
+           aliases=(torch.neg, operator.neg, "neg", "__neg__"))
+_pointwise("abs", "common", torch.abs, lambda args, attrs, ctype: f"tl.abs({args[0]})",
+           lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("sign", x)),),
+           aliases=(torch.abs, operator.abs, "abs", "__abs__"))
+_pointwise("sign", "common", torch.sign, lambda args, attrs, ctype: f"sign({args[0]})",
+           lambda bwd, out, g, x: (bwd.call("zeros_like", g),), aliases=(torch.sign, "sign"))
+# a zero gradient, whatever g holds (g * 0 would turn an inf into NaN; eager returns zeros)
+_pointwise("zeros_like", "common", torch.zeros_like,
+           lambda args, attrs, ctype: f"tl.full({args[0]}.shape, 0, {ctype})",
+           lambda bwd, out, g, x: (None,), internal=True, differentiable=False)
+
+
+def _pow_rule(op_name, inputs, attrs):
+    """torch.pow's type: the base's promoted with the scalar exponent (int ** 2 stays int)."""
+    exponent = attrs["exponent"]
+    shape, dtype, device = elementwise("common")(op_name, (*inputs, exponent), attrs)
+    if not dtype.is_floating_point and exponent < 0:
+        raise RuntimeError(f"fusion: pow: integers to negative integer powers are not allowed "
+                           f"({describe(inputs[0])} ** {exponent}), as in torch")
+    return shape, dtype, device
+
+
+op("pow", OpKind.POINTWISE, _pow_rule, lambda x, exponent: torch.pow(x, exponent),
+   lambda bwd, out, g, x, exponent: (
+       bwd.call("mul", g, bwd.call("mul", bwd.call("pow", x, exponent=exponent - 1), exponent))
+       if exponent != 0 else  # exactly 0 as torch (x ** -1 * 0 is NaN at x = 0)
+       bwd.call("mul", bwd.call("pow", x, exponent=0), 0.0),),
+   triton=lambda args, attrs, ctype: pow_expr(args[0], attrs["exponent"], ctype), promotion="common",
+   live_values=3,
+   aliases=(torch.pow, operator.pow, "pow", "__pow__"), parse=lambda alias, args, kwargs: (
+       _scalar_exponent(args, kwargs)),
+   # every branch of pow_expr: 0, products, 1/products, sqrt, exp/log (odd, even, fractional)
+   domain="positive", sample_attrs=lambda shape: tuple(
+       {"exponent": p} for p in (0, 1, 2, 3, -2, 0.5, 2.5, -1.5, 5, -6, 17)))
+
+
+
+def _scalar_exponent(args, kwargs):
+    exponent = args[1] if len(args) > 1 else kwargs.get("exponent")
+    if not isinstance(exponent, (int, float)) or isinstance(exponent, bool):
+        raise NotImplementedError("pow with a tensor exponent is not fused (scalar exponents only)")
+    return args[:1], {"exponent": exponent}
+
+
+def _parse_where(alias, args, kwargs):
+    if kwargs or len(args) != 3:
+        raise NotImplementedError("only where(condition, x, y) with positional operands is fused")
+    if alias == "where":  # the method x.where(condition, y) takes from the tensor it is called on
+        args = (args[1], args[0], args[2])
+    return tuple(args), {}
+
+
+def _no_kwargs_but(*allowed):
+    """A parser for ops whose keyword arguments are only harmless ones (inplace=False...)."""
+    def parse(alias, args, kwargs):
+        bad = {k: v for k, v in kwargs.items() if k not in allowed or v}
+        if bad:
+            raise NotImplementedError(f"keyword arguments {bad} are not fused")
+        return args, {}
+    return parse
+
+
+# ---- pointwise: transcendental ----------------------------------------------
+_pointwise("exp", "float", torch.exp, lambda args, attrs, ctype: f"accurate_exp({args[0]})",
+           lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("exp", x)),),
+           aliases=(torch.exp, "exp"), live_values=3)
+_pointwise("log", "float", torch.log, lambda args, attrs, ctype: f"tl.log({args[0]})",
+           lambda bwd, out, g, x: (bwd.call("div", g, x),),
+           aliases=(torch.log, "log"), domain="positive")
+_pointwise("sigmoid", "float", torch.sigmoid, lambda args, attrs, ctype: f"sigmoid({args[0]})",
+           lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("sigmoid_grad", x)),),
+           aliases=(torch.sigmoid, F.sigmoid, "sigmoid", torch.nn.Sigmoid), wide_fp32=True,
+           live_values=3)
+# dσ/dx as its own primitive: recomputed from x as t(1-t), t = σ(-|x|),
+# accurate in both tails where eager's σ(1-σ) rounds to 0 (x >= 17 in fp32).
+_pointwise("sigmoid_grad", "float",
+           lambda x: torch.sigmoid(x) * torch.sigmoid(-x),
+           lambda args, attrs, ctype: f"sigmoid_grad({args[0]})",
+           lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("mul", out, bwd.call(
+               "neg", bwd.call("tanh", bwd.call("mul", x, 0.5))))),), internal=True, wide_fp32=True,
+           live_values=3)
+_pointwise("tanh", "float", torch.tanh, lambda args, attrs, ctype: f"tanh({args[0]})",
+           lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("sub", 1.0, bwd.call("mul", out, out))),),
+           aliases=(torch.tanh, F.tanh, "tanh", torch.nn.Tanh), live_values=3)
+_pointwise("relu", "common", torch.relu, lambda args, attrs, ctype: f"tl.where({args[0]} < 0, 0, {args[0]})",
+           lambda bwd, out, g, x: (bwd.call("where", bwd.call("le", x, 0), 0.0, g),),
+           aliases=(torch.relu, F.relu, "relu", torch.nn.ReLU), parse=_no_kwargs_but("inplace"))
+_pointwise("silu", "float", F.silu, lambda args, attrs, ctype: f"{args[0]} * sigmoid({args[0]})",
+           lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("silu_grad", x)),),
+           aliases=(F.silu, torch.nn.SiLU), parse=_no_kwargs_but("inplace"), wide_fp32=True,
+           live_values=3)
+# d silu/dx = σ(x) + x σ'(x) as one primitive, computed wide and rounded once: in fp32 the
+# two terms cancel near the derivative's zero (x = -1.2785); the product chain x * σ(x)
+# still gets its derivative from the rules.
+_pointwise("silu_grad", "float", lambda x: torch.sigmoid(x) * (1 + x * torch.sigmoid(-x)),
+           lambda args, attrs, ctype: f"silu_grad({args[0]})",
+           lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("mul", bwd.call("sigmoid_grad", x), bwd.call(
+               "sub", 2.0, bwd.call("mul", x, bwd.call("tanh", bwd.call("mul", x, 0.5)))))),),
+           internal=True, wide_fp32=True, live_values=3)
+
+# ---- pointwise: selection and comparison --------------------------------------
+def _pick(bwd, g, take):
+    return bwd.call("where", take, g, 0.0)
+
+
+def _minmax_vjp(greater):
+    # torch's rule: the gradient goes to the winner, halved on ties
+    def vjp(bwd, out, g, x, y):
+        tie = bwd.call("eq", x, y)
+        half = bwd.call("where", tie, bwd.call("mul", g, 0.5), g)
+        x_wins = bwd.call("gt" if greater else "lt", x, y)
+        y_wins = bwd.call("lt" if greater else "gt", x, y)
+        return (bwd.call("where", y_wins, 0.0, half), bwd.call("where", x_wins, 0.0, half))
+    return vjp
+
+
+_pointwise("maximum", "common", torch.maximum, lambda args, attrs, ctype: minmax_expr("maximum", args, ctype),
+           _minmax_vjp(True), aliases=(torch.maximum, "maximum"), arity=2)
+_pointwise("minimum", "common", torch.minimum, lambda args, attrs, ctype: minmax_expr("minimum", args, ctype),
+           _minmax_vjp(False), aliases=(torch.minimum, "minimum"), arity=2)
+_pointwise("where", "select", torch.where, lambda args, attrs, ctype: f"tl.where({args[0]}, {args[1]}, {args[2]})",
+           lambda bwd, out, g, c, x, y: (None, _pick(bwd, g, c), bwd.call("where", c, 0.0, g)),
+           aliases=(torch.where, "where"), parse=lambda alias, args, kwargs: _parse_where(alias, args, kwargs),
+           arity=3, domain=("bool", "real", "real"))
+for _name, _sym, _fn, _dunder in (("eq", "==", torch.eq, operator.eq), ("ne", "!=", torch.ne, operator.ne),
+                                  ("lt", "<", torch.lt, operator.lt), ("le", "<=", torch.le, operator.le),
+                                  ("gt", ">", torch.gt, operator.gt), ("ge", ">=", torch.ge, operator.ge)):
+    _pointwise(_name, "bool", _fn, (lambda s: lambda args, attrs, ctype: f"{args[0]} {s} {args[1]}")(_sym), None,
+               aliases=(_fn, _dunder, _name, f"__{_name}__"), differentiable=False, arity=2)
+
+
+
+def _parse_cast(alias, args, kwargs):
+    fixed = {"float": torch.float32, "half": torch.float16, "double": torch.float64,
+             "bfloat16": torch.bfloat16, "bool": torch.bool, "long": torch.int64, "int": torch.int32}
+    if alias in fixed:
+        return args[:1], {"dtype": fixed[alias]}
+    if any(isinstance(a, (torch.device, str)) for a in list(args[1:]) + list(kwargs.values())):
+        raise NotImplementedError(".to(device, ...) moves data between devices: not fused")
+    dtypes = [a for a in list(args[1:]) + list(kwargs.values()) if isinstance(a, torch.dtype)]
+    rest = [a for a in list(args[1:]) if not isinstance(a, (torch.dtype, torch.device, str))]
+    if len(dtypes) != 1 or rest or set(kwargs) - {"dtype", "device"}:
+        raise NotImplementedError(f".to{tuple(args[1:])} with {kwargs}: only .to(dtype) is fused")
+    return args[:1], {"dtype": dtypes[0]}
+
+
+op("cast", OpKind.POINTWISE, cast_rule, lambda x, dtype: x.to(dtype),
+   lambda bwd, out, g, x, dtype: (bwd.call("cast", g, dtype=x.dtype) if x.dtype.is_floating_point
+                               else None,),
+   triton=lambda args, attrs, ctype: cast_expr(args[0], attrs["dtype"]), promotion="none",
+   aliases=("to", "float", "half", "double", "bfloat16", "bool", "long", "int"), parse=_parse_cast,
+   sample_attrs=lambda shape: tuple({"dtype": t} for t in (
+       torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.bool, torch.int32)))
