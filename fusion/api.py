@@ -1,7 +1,24 @@
-"""The public entry points: ``fusion.compile`` and the module it returns."""
+"""The public entry points: ``fusion.compile`` and the module it returns.
+
+Capture, per call signature, takes the first path that works:
+
+1. torch.fx (``symbolic_trace``, milliseconds), once per model; the Python
+   values it baked in (``self.k``, globals, closures: ``ir.state``) are
+   guarded, and a change recaptures;
+2. torch.fx again with the call's Python arguments fixed (control flow on them);
+3. Dynamo (``torch.compile`` with our backend), for what fx cannot trace:
+   shape-dependent control flow, decorated forwards, loops, data-dependent
+   Python (then only with ``fallback="eager"``: graph breaks run eagerly).
+   Dynamo guards Python state itself; each graph it captures becomes a
+   ``CompiledModule`` of its own (a region).
+
+Each signature's graph is lowered to the IR, planned (``fusion.plan``) and run
+(``fusion.runtime``).
+"""
 from __future__ import annotations
 
-import inspect
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -13,20 +30,26 @@ from fusion.guards import PlanGuards
 from fusion.modes import mode_for
 from fusion.plan import Plan, build_plan
 from fusion.runtime import run_plan
-from ir.capture import CaptureError, trace
+from fusion.signature import Binder, describe_arg, signature_key, tensor_leaves, transformed
+from ir.capture import CaptureError, Traced, trace_with_state
+from ir.extern import ProbedTypeMismatch
 from ir.graph import Node
 from ir.lower import Captured, fetch_attr, lower
+from ir.state import StateGuards
 
 DEFAULT_RECOMPILE_LIMIT = 8
 
 
 @dataclass(eq=False)
 class SignatureEntry:
-    """What one call signature compiled to: the captured graph, its plan, and the
-    guards on module state the plan was built with (``fusion.guards``)."""
+    """What one call signature compiled to: the captured graph, its plan, the guards
+    on module state the plan was built with (``fusion.guards``) and on the Python
+    values its capture baked in (``ir.state``)."""
     captured: Captured
     plan: Plan
     guards: PlanGuards
+    state: StateGuards
+    traced: Traced
 
 
 class CompiledModule(torch.nn.Module):
@@ -34,8 +57,7 @@ class CompiledModule(torch.nn.Module):
 
     It shares the original's parameters, buffers and submodules (same tensors,
     same ``state_dict`` keys), so optimizers, hooks and checkpoints treat it
-    like the original. Plans are cached per input signature (shapes, strides,
-    dtypes, devices, requires_grad, training mode).
+    like the original. Plans are cached per input signature (``fusion.signature``).
     """
 
     def __init__(self, model, fallback: str = "error", recompile_limit: int = DEFAULT_RECOMPILE_LIMIT):
@@ -47,15 +69,7 @@ class CompiledModule(torch.nn.Module):
             self._parameters = model._parameters
             self._buffers = model._buffers
             self._modules = model._modules
-        fn = model.forward if isinstance(model, torch.nn.Module) else model
-        try:
-            self._signature = inspect.signature(fn)
-        except (TypeError, ValueError):  # builtins: no signature, positional calls only
-            self._signature = None
-        # calls passing exactly the positional parameters need no binding (the hot path)
-        self._n_positional = -1 if self._signature is None or any(
-            p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-            for p in self._signature.parameters.values()) else len(self._signature.parameters)
+        self._binder = Binder(model.forward if isinstance(model, torch.nn.Module) else model, model)
         self._entries: dict[tuple, SignatureEntry] = {}
         self._limit = recompile_limit
         self._warned_limit = False
@@ -63,16 +77,14 @@ class CompiledModule(torch.nn.Module):
         self._fallback = fallback
         self._eager_reason = None
         self._warned: set[str] = set()   # what _warn_once has said
-        self._specialized: dict[tuple, fx.GraphModule] = {}
-        try:
-            # a GraphModule (e.g. from Dynamo) is already captured: use it as it is.
-            # Kept out of _modules (shared with the original): not a submodule of the model.
-            self.__dict__["_gm"] = model if isinstance(model, fx.GraphModule) else trace(model)
-            self._trace_error = None
-        except CaptureError as e:
-            # maybe control flow on a Python argument: retried per call with those
-            # arguments fixed (see _graph_for); the error stands if that fails too
-            self.__dict__["_gm"], self._trace_error = None, e
+        self._capture = "torch.fx"       # how calls are captured, in words (explain)
+        self._specialized: dict[tuple, Traced] = {}
+        self.__dict__["_dynamo"] = None  # the Dynamo-compiled model, once capture moved there
+        self._regions: list[CompiledModule] = []  # what Dynamo's graphs became
+        self._trace_error: CaptureError | None = None
+        self._last_change: str | None = None   # the Python value whose change last recaptured
+        # a GraphModule (from Dynamo) is already captured: used as it is, nothing baked in
+        self.__dict__["_traced"] = Traced(model, []) if isinstance(model, fx.GraphModule) else None
 
     # ---- nn.Module behaviour delegated to the original ---------------------------
     @property
@@ -111,163 +123,221 @@ class CompiledModule(torch.nn.Module):
         return self._eager_reason
 
     @property
+    def capture(self) -> str:
+        """How calls are captured, in words: torch.fx, or Dynamo and why."""
+        return self._capture
+
+    @property
+    def regions(self) -> list["CompiledModule"]:
+        """Under Dynamo capture: the compiled module of each graph Dynamo captured."""
+        return list(self._regions)
+
+    @property
     def plans(self) -> list[Plan]:
-        """The plan of every signature compiled so far, oldest first."""
-        return [e.plan for e in self._entries.values()]
+        """The plan of every signature compiled so far, oldest first (under Dynamo
+        capture, those of every region)."""
+        own = [e.plan for e in self._entries.values()]
+        return own + [p for r in self._regions for p in r.plans]
 
     def entry_for(self, *args, **kwargs) -> SignatureEntry | None:
-        """What the call ``self(*args, **kwargs)`` runs, if it was compiled."""
+        """What the call ``self(*args, **kwargs)`` runs, if it was compiled by torch.fx capture."""
         return self._entries.get(self.guard_key(*args, **kwargs))
 
     def plan_for(self, *args, **kwargs) -> Plan | None:
-        """The plan the call ``self(*args, **kwargs)`` runs, if it was compiled."""
+        """The plan the call ``self(*args, **kwargs)`` runs, if it was compiled by torch.fx capture."""
         entry = self.entry_for(*args, **kwargs)
         return entry.plan if entry is not None else None
 
     def guard_key(self, *args, **kwargs) -> tuple:
-        """What identifies a call signature: training mode, default dtype, and each
-        argument's type (tensors: shape, strides, dtype, device, requires_grad)."""
-        return self._guard_key(self._bind(args, kwargs))
+        """What identifies a call signature (``fusion.signature``)."""
+        return signature_key(self.training, self._binder.bind(args, kwargs))
 
     # ---- calling -------------------------------------------------------------------
     def forward(self, *args, **kwargs):
+        if self._dynamo is not None:
+            return self._call_dynamo(args, kwargs)
         if self._eager_reason is not None:
             return self._orig(*args, **kwargs)
         if _autocast_on():
             self._warn_once("autocast", "fusion: autocast is not applied by fused kernels yet; "
                             "calls under torch.autocast run eagerly.")
             return self._orig(*args, **kwargs)
-        args = self._bind(args, kwargs)
-        key = self._guard_key(args)
+        if transformed((args, kwargs)):
+            self._warn_once("functorch", "fusion: calls inside torch.func transforms (vmap, grad, "
+                            "jacrev) run eagerly: generated kernels cannot read batched tensors.")
+            return self._orig(*args, **kwargs)
+        args = self._binder.bind(args, kwargs)
+        key = signature_key(self.training, args)
         entry = self._entries.get(key)
-        params = entry.guards.values() if entry is not None else None
-        if entry is not None and params is None:
-            # a parameter changed type or requires_grad, a submodule was replaced or
-            # switched train/eval: rebuild this signature's plan
-            del self._entries[key]
-            entry = None
-        if entry is None:
+        params = self._valid(entry, key) if entry is not None else None
+        if params is None:
             if len(self._entries) >= self._limit:
                 self._warn_limit(key)
                 return self._orig(*args)
-            gm = self._graph_for(args)
-            if gm is None:
-                return self._orig(*args)
-            entry = self._entries[key] = self._build(args, gm)
+            entry = self._capture_signature(args)
+            if entry is None:  # capture moved to Dynamo, or runs eagerly
+                return self.forward(*args)
+            self._entries[key] = entry
             params = entry.guards.values()
         self._last_key = key
-        return self._run(entry, args, params)
+        try:
+            return self._run(entry, args, params)
+        except ProbedTypeMismatch as e:  # nothing was written yet: eager gives the answer
+            self._eager_reason = str(e)
+            del self._entries[key]
+            return self._orig(*args)
 
-    def _graph_for(self, args: tuple):
-        """The traced graph; if plain tracing failed, one traced with this call's
-        non-tensor arguments fixed (as torch.compile specialises on them)."""
-        if self._gm is not None:
-            return self._gm
-        fixed = {name: a for name, a in zip(self._signature.parameters if self._signature else (), args)
-                 if not isinstance(a, torch.Tensor)}
-        key = tuple((k, _describe(v)) for k, v in fixed.items())
+    def _valid(self, entry: SignatureEntry, key: tuple) -> dict | None:
+        """The parameters ``entry`` reads, or None when a guard failed (the entry is dropped;
+        a changed Python value makes its trace stale for every signature)."""
+        params = entry.guards.values()
+        if params is not None and entry.state.hold():
+            return params
+        if not entry.state.hold():
+            self._last_change = entry.state.changed()
+            for k in [k for k, e in self._entries.items() if e.traced is entry.traced]:
+                del self._entries[k]
+            if entry.traced is self._traced:
+                self.__dict__["_traced"] = None
+            self._specialized = {k: t for k, t in self._specialized.items() if t is not entry.traced}
+        else:
+            del self._entries[key]  # a parameter changed type, a submodule was replaced or switched mode
+        return None
+
+    def _capture_signature(self, args: tuple) -> SignatureEntry | None:
+        """Capture and plan this signature with torch.fx; if fx cannot, move capture to Dynamo."""
+        try:
+            return self._build(args, self._traced_for(args))
+        except CaptureError as e:
+            if isinstance(self._orig, fx.GraphModule):
+                raise  # a graph Dynamo captured: no other path
+            self._use_dynamo(e)
+            return None
+
+    def _traced_for(self, args: tuple) -> Traced:
+        """The fx capture; if plain tracing fails, one with this call's Python arguments
+        fixed (as torch.compile specialises on them)."""
+        if self._traced is None and self._trace_error is None:
+            try:
+                self.__dict__["_traced"] = trace_with_state(self._orig)
+            except CaptureError as e:
+                self._trace_error = e
+        if self._traced is not None:
+            return self._traced
+        fixed = {name: a for name, a in zip(self._binder.names, args) if not isinstance(a, torch.Tensor)}
+        if not fixed:
+            raise self._trace_error
+        key = tuple((k, describe_arg(v)) for k, v in fixed.items())
         if key not in self._specialized:
             try:
-                if not fixed:
-                    raise self._trace_error
-                self._specialized[key] = trace(self._orig, concrete_args=fixed)
+                self._specialized[key] = trace_with_state(self._orig, concrete_args=fixed)
             except CaptureError:
-                if self._fallback == "error":
-                    raise self._trace_error from None
-                warnings.warn(f"{self._trace_error} Running it eagerly (fallback='eager').",
-                              RuntimeWarning, stacklevel=4)
-                self._eager_reason = str(self._trace_error)
-                return None
+                raise self._trace_error from None
+            self._capture = "torch.fx, with the call's Python arguments fixed"
         return self._specialized[key]
 
-    def _build(self, args: tuple, gm: fx.GraphModule) -> SignatureEntry:
-        """Capture, optimise, partition and prepare kernels for this signature."""
+    def _build(self, args: tuple, traced: Traced) -> SignatureEntry:
+        """Lower, optimise, partition and prepare kernels for this signature."""
         # a function's constants live on its traced GraphModule; a module's state on itself
-        root = self._orig if isinstance(self._orig, torch.nn.Module) else gm
-        captured = lower(gm, args, root=root)
-        tensors = _tensors(args) + [fetch_attr(root, p.name) for p in captured.graph.params]
+        root = self._orig if isinstance(self._orig, torch.nn.Module) else traced.gm
+        captured = lower(traced.gm, args, root=root)
+        tensors = tensor_leaves(args) + [fetch_attr(root, p.name) for p in captured.graph.params]
         device = tensors[0].device if tensors else torch.device("cpu")
         plan = build_plan(captured.graph, mode_for(device))
         guards = PlanGuards(root, captured.modules, [p.name for p in captured.graph.params])
-        return SignatureEntry(captured, plan, guards)
+        return SignatureEntry(captured, plan, guards, StateGuards(traced.state), traced)
 
     def _run(self, entry: SignatureEntry, args: tuple, params: dict):
-        outs = iter(run_plan(entry.plan, _tensors(args), params))
+        outs = iter(run_plan(entry.plan, tensor_leaves(args), params))
         cap = entry.captured
         leaves = [next(outs) if isinstance(x, Node) else x for x in cap.out_leaves]
         return pytree.tree_unflatten(leaves, cap.out_spec)
 
-    def _bind(self, args, kwargs) -> tuple:
-        if self._signature is None or (not kwargs and len(args) == self._n_positional):
-            return args
+    # ---- capture through Dynamo ----------------------------------------------------
+    def _use_dynamo(self, fx_error: CaptureError) -> None:
+        self._trace_error = fx_error
+        """From now on calls go through Dynamo, each graph it captures planned by a
+        ``CompiledModule`` of its own. Without fallback='eager' the whole forward must be
+        one graph (a graph break is a CaptureError); with it, breaks run eagerly."""
+        import torch._dynamo  # noqa: F401  (~2 s on first import: only on this path)
+        one_graph = self._fallback == "error"
+        self.__dict__["_dynamo"] = torch.compile(self._orig, backend=self._region, fullgraph=one_graph,
+                                                 dynamic=False)
+        self._capture = (f"Dynamo ({'one graph' if one_graph else 'graph breaks run eagerly'}): "
+                         f"torch.fx could not capture it ({_first_line(fx_error)})")
+        if not one_graph:
+            self._warn_once("dynamo-breaks", f"fusion: {_first_line(fx_error)} Capturing "
+                            f"{_name(self._orig)} with Dynamo; what it cannot capture (graph breaks) "
+                            "runs eagerly (fallback='eager').")
+
+    def _region(self, gm: fx.GraphModule, example_inputs) -> "CompiledModule":
+        """Dynamo's backend for this module: one compiled region per captured graph."""
+        region = CompiledModule(gm, fallback="error", recompile_limit=self._limit)
+        self._regions.append(region)
+        return region
+
+    def _call_dynamo(self, args: tuple, kwargs: dict):
+        from torch._dynamo import exc
         try:
-            bound = self._signature.bind(*args, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"fusion: calling {self._orig!r}: {e}") from None
-        bound.apply_defaults()
-        return tuple(bound.args) + tuple(bound.kwargs.values())
+            return self._dynamo(*args, **kwargs)
+        except exc.Unsupported as e:  # a graph break, with one graph required
+            raise CaptureError(
+                f"fusion: cannot capture {_name(self._orig)}: torch.fx cannot trace it "
+                f"({_first_line(self._trace_error)}), and Dynamo stops at: {_first_line(e)}. "
+                "Data-dependent control flow (if/while on tensor values) and Python values "
+                "computed from tensors need fallback='eager' (those parts then run eagerly).") from e
+        except exc.TorchDynamoException as e:
+            # the user's own error (eager raises it too, with its own type), or Dynamo's
+            out = self._orig(*args, **kwargs)
+            if self._fallback == "error":
+                raise CaptureError(f"fusion: Dynamo could not capture {_name(self._orig)}: "
+                                   f"{_first_line(e)}") from e
+            self._warn_once("dynamo", f"fusion: Dynamo could not capture {_name(self._orig)} "
+                            f"({_first_line(e)}); running it eagerly (fallback='eager').")
+            return out
 
-    def _guard_key(self, args) -> tuple:
-        training = self._orig.training if isinstance(self._orig, torch.nn.Module) else True
-        # parameters are guarded per signature, on the ones its graph reads (SignatureEntry.guards)
-        key = [training, torch.get_default_dtype()]
-        for a in args:
-            key.append(_describe(a))
-        return tuple(key)
-
+    # ---- warnings ------------------------------------------------------------------
     def _warn_once(self, what: str, message: str):
         if what not in self._warned:
             self._warned.add(what)
-            warnings.warn(message, RuntimeWarning, stacklevel=4)
+            warnings.warn(message, RuntimeWarning, stacklevel=_user_stacklevel())
 
     def _warn_limit(self, key):
         if self._warned_limit:
             return
         self._warned_limit = True
-        names = list(self._signature.parameters) if self._signature else []
-        changing = "the module state (training mode or parameters)"
+        names = self._binder.names
+        changing = self._last_change or "the module state (training mode or parameters)"
         if self._last_key is not None:
             for i, (a, b) in enumerate(zip(key[2:], self._last_key[2:])):
                 if a != b:
                     changing = f"argument {names[i]!r} ({b} -> {a})" if i < len(names) else changing
                     break
         warnings.warn(f"fusion: recompile limit ({self._limit}) reached; {changing} keeps changing. "
-                      "New signatures now run eagerly.", RuntimeWarning, stacklevel=3)
+                      "New signatures now run eagerly.", RuntimeWarning, stacklevel=_user_stacklevel())
 
 
-def _describe(a):
-    """What a call's argument contributes to the guard key. Containers are walked
-    (their tensors are graph inputs); other objects are guarded by identity, held by
-    the key so that a new object can never reuse an old one's id."""
-    if isinstance(a, torch.Tensor):
-        return ("tensor", a.shape, a.stride(), a.dtype, a.device, a.requires_grad)
-    if isinstance(a, (bool, int, float, str, type(None), torch.dtype, torch.device)):
-        return (type(a).__name__, a)
-    if isinstance(a, (list, tuple, dict)):
-        leaves, spec = pytree.tree_flatten(a)
-        return (str(spec), tuple(_describe(v) for v in leaves))
-    return ("object", _Identity(a))
-
-
-class _Identity:
-    """Equal only to the same object; keeps it alive while a plan keyed on it exists."""
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __eq__(self, other):
-        return isinstance(other, _Identity) and other.obj is self.obj
-
-    def __hash__(self):
-        return id(self.obj)
-
-
-def _tensors(args) -> list:
-    """The tensor leaves of the arguments, in the order capture made them inputs."""
-    return [t for t in pytree.tree_leaves(list(args)) if isinstance(t, torch.Tensor)]
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the caller's line: frames of this
+    package and of torch (nn.Module's call, Dynamo) are skipped."""
+    ours = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(ours):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _autocast_on() -> bool:
     return any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
+
+
+def _name(model) -> str:
+    return getattr(model, "__name__", type(model).__name__)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def compile(model, *, fallback: str = "error",
@@ -275,7 +345,9 @@ def compile(model, *, fallback: str = "error",
     """Compile ``model`` (an ``nn.Module`` or a function of tensors).
 
     Returns a module computing the same results with fused Triton kernels.
-    ``fallback="eager"`` runs a model that torch.fx cannot trace eagerly
-    (with one warning) instead of raising ``fusion.CaptureError``.
+    Capture is torch.fx where it can trace the model, Dynamo otherwise (see the
+    module docstring). ``fallback="eager"`` lets what cannot be captured
+    (data-dependent control flow) run eagerly, with a warning, instead of raising
+    ``fusion.CaptureError``.
     """
     return CompiledModule(model, fallback=fallback, recompile_limit=recompile_limit)

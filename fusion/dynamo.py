@@ -15,7 +15,7 @@ import torch.fx as fx
 
 from fusion.api import CompiledModule
 
-_compiled: list[CompiledModule] = []  # the most recent graphs, for fusion.dynamo.last_explain
+_compiled: list[CompiledModule] = []  # the most recent graphs, for compiled_graphs()
 
 
 def fusion_backend(gm: fx.GraphModule, example_inputs):
@@ -23,13 +23,14 @@ def fusion_backend(gm: fx.GraphModule, example_inputs):
     compiled = CompiledModule(gm)
     _compiled.append(compiled)
     del _compiled[:-16]
-
-    def run(*args):
-        return compiled(*args)
-    run.fusion_module = compiled
-    return run
+    return compiled
 
 
 def compiled_graphs() -> list[CompiledModule]:
     """The CompiledModules created by the backend most recently (newest last)."""
     return list(_compiled)
+
+
+def reset() -> None:
+    """Forget the graphs compiled so far (``torch._dynamo.reset()`` forgets Dynamo's side)."""
+    _compiled.clear()

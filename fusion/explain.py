@@ -26,8 +26,8 @@ def explain(model, *example_inputs, **example_kwargs) -> Report:
     out, ours_saved = saved_bytes(compiled, *args, **kwargs)
     if compiled.eager_reason is not None:
         return Report(f"(not captured: {compiled.eager_reason})", Mode.EAGER, [], [],
-                      [("<whole model>", compiled.eager_reason)], [], 0, None)
-    plan = compiled.plan_for(*args, **kwargs)
+                      [("<whole model>", compiled.eager_reason)], [], 0, None, capture=compiled.capture)
+    plans = [compiled.plan_for(*args, **kwargs)] if not compiled.regions else compiled.plans
     wants_grad = [t for t in _tensor_leaves(out) if t.requires_grad]
     eager_saved = None
     if wants_grad:
@@ -37,9 +37,7 @@ def explain(model, *example_inputs, **example_kwargs) -> Report:
         torch.autograd.grad(wants_grad, sources, [torch.ones_like(t) for t in wants_grad],
                             allow_unused=True)
     kernels, backward, saved = [], [], []
-    for step in plan.steps:
-        if step.kernel is None:
-            continue
+    for step in [s for plan in plans for s in plan.steps if s.kernel is not None]:
         kernels += kernel_reports(step.kernel)
         for bwd in step.backward.values():
             name = next((v.emitted.name for v in step.kernel.variants.values()), "kernel")
@@ -47,9 +45,22 @@ def explain(model, *example_inputs, **example_kwargs) -> Report:
                           + [f"%{n.id} ({n.op} result, kept)" for n in bwd.kept]))
             for bk in bwd.plan.kernels.values():
                 backward += kernel_reports(bk)
-    extern = [(n.attrs["label"], n.attrs["reason"]) for n in plan.graph.nodes if n.kind == OpKind.EXTERN]
-    return Report(str(plan.graph), plan.mode, kernels, backward, extern, saved, ours_saved, eager_saved,
-                  rewrites=list(plan.graph.notes))
+    extern = [(n.attrs["label"], n.attrs["reason"]) for plan in plans for n in plan.graph.nodes
+              if n.kind == OpKind.EXTERN]
+    graph = "\n\n".join(str(p.graph) if len(plans) == 1 else f"-- graph {k} --\n{p.graph}"
+                         for k, p in enumerate(plans))
+    return Report(graph, plans[0].mode if plans else Mode.EAGER, kernels, backward, extern, saved,
+                  ours_saved, eager_saved, rewrites=[n for p in plans for n in p.graph.notes],
+                  capture=compiled.capture, graph_breaks=_graph_breaks(compiled, args, kwargs))
+
+
+def _graph_breaks(compiled, args, kwargs) -> list[str]:
+    """Dynamo's reasons for each graph break, where breaks run eagerly (re-traced to ask)."""
+    if "graph breaks" not in compiled.capture:
+        return []
+    import torch._dynamo
+    found = torch._dynamo.explain(compiled.original)(*args, **kwargs)
+    return [str(getattr(r, "reason", r)).strip().splitlines()[0] for r in found.break_reasons]
 
 
 def saved_bytes(fn, *args, **kwargs) -> tuple[object, int]:

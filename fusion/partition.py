@@ -33,6 +33,7 @@ class GroupKind(str, Enum):
     SUM_TO = "sum_to"                    # a broadcast gradient reduced by torch
     VIEW = "view"                        # torch makes the view; kernels read it by strides
     EXTERN = "extern"                    # not in the op table: eager torch
+    ELEMENT = "element"                  # one element of an extern's tuple result
     INPUT = "input"
     PARAM = "param"
 
@@ -45,6 +46,7 @@ FUSED = frozenset({GroupKind.POINTWISE, GroupKind.MATMUL_EPILOGUE})  # generated
 _SINGLE = {OpKind.POINTWISE: GroupKind.POINTWISE, OpKind.REDUCTION: GroupKind.REDUCTION,
            OpKind.SUM_TO: GroupKind.SUM_TO, OpKind.VIEW: GroupKind.VIEW,
            OpKind.MATMUL: GroupKind.MATMUL, OpKind.EXTERN: GroupKind.EXTERN,
+           OpKind.ELEMENT: GroupKind.ELEMENT,
            OpKind.INPUT: GroupKind.INPUT, OpKind.PARAM: GroupKind.PARAM}
 
 

@@ -45,9 +45,12 @@ class Report:
     saved_bytes: int
     eager_saved_bytes: int | None
     rewrites: list = field(default_factory=list)  # what the passes changed, in words
+    capture: str = ""     # how the model was captured (torch.fx, or Dynamo and why)
+    graph_breaks: list = field(default_factory=list)  # Dynamo's reasons, where breaks run eagerly
 
     def __str__(self) -> str:
-        lines = ["== IR ==", self.graph, "", f"== Execution: {self.mode.describe()} =="]
+        lines = [f"== Capture: {self.capture} ==", "", "== IR ==", self.graph, "",
+                 f"== Execution: {self.mode.describe()} =="]
         if self.rewrites:
             lines += ["", "== Rewrites =="] + self.rewrites
         for title, ks in (("Forward kernels", self.kernels), ("Backward kernels", self.backward_kernels)):
@@ -65,7 +68,9 @@ class Report:
                                  f" FLOP/byte fused vs {k.flops / max(k.eager_bytes, 1):.1f} unfused;"
                                  f" tiles {k.config}")
         lines += ["", "== Not fused (run by eager torch) =="]
-        lines += [f"{op}: {why}" for op, why in self.extern] or ["nothing: every op was fused or is a view"]
+        lines += [f"graph break: {why}" for why in self.graph_breaks]
+        lines += [f"{op}: {why}" for op, why in self.extern] or (
+            [] if self.graph_breaks else ["nothing: every op was fused or is a view"])
         if self.saved:
             lines += ["", "== Saved for backward =="]
             lines += [f"{name}: {', '.join(vals) or 'nothing'}" for name, vals in self.saved]

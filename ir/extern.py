@@ -1,9 +1,18 @@
 """Extern nodes: calls the op table does not know, run by eager torch.
 
 An extern node keeps its call as a template (target, args and kwargs with IR
-nodes in place of tensors); its type is learnt by running it on meta tensors
-(or, for ops without a meta kernel, on zeros of the real types), and at run
-time it is called on the real values. ``explain`` lists each with its reason.
+nodes in place of tensors); its type is learnt by running it on meta tensors,
+and at run time it is called on the real values. ``explain`` lists each with
+its reason. An op that returns a tuple (``max(dim)``, ``topk``, ``nn.LSTM``)
+becomes a node of no dtype whose ``structure`` records each element's type;
+``element`` picks one (a ``getitem`` node, or a constant).
+
+Where an op has no meta kernel, two probe runs (zeros, then random values)
+must agree on the result's type, and the node is marked ``probed``: the
+runtime checks its real result's type (``check_probed``), since a result
+shape that depends on the values (``nonzero``) cannot be known from types.
+A non-tensor result that needed a probe depends on tensor values (``.item()``,
+``bool(t)``): that is data-dependent Python, which capture refuses.
 """
 from __future__ import annotations
 
@@ -13,34 +22,139 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
+from ir.capture import CaptureError
 from ir.graph import Graph, Node
 from ir.types import meta
 
 
-def make_extern(g: Graph, n: fx.Node, target, args, kwargs, reason: str) -> Node:
-    """A node run by eager torch; its type comes from running it on meta tensors
-    (or, where an op has no meta kernel, on zeros of the same types)."""
+class ProbedTypeMismatch(RuntimeError):
+    """A probed extern returned a type other than its probes did (data-dependent shape)."""
+
+
+def make_extern(g: Graph, n: fx.Node, target, args, kwargs, reason: str):
+    """A node run by eager torch (or the constant it returns, for results that
+    depend only on types), typed by a meta run or by probes."""
     inputs = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, Node)]
     label = _target_name(n, target)
     attrs = {"target": target, "method": n.op == "call_method", "args": args, "kwargs": kwargs,
              "label": label, "reason": reason}
+    device = inputs[0].device if inputs else torch.device("cpu")
     try:
-        out = _run_on(attrs, meta)
-        device = inputs[0].device if inputs else torch.device("cpu")
+        out = _run_on(attrs, _meta_value)
     except (NotImplementedError, RuntimeError):
-        # no meta kernel (or a device move): learn the type from zeros of the real types
-        out = _run_on(attrs, lambda x: torch.zeros(x.shape, dtype=x.dtype, device=x.device)
-                      if isinstance(x, Node) and x.dtype is not None else x)
-        device = out.device if isinstance(out, torch.Tensor) else torch.device("cpu")
+        out = _probe(attrs, label)
+        attrs["probed"] = True
+        if not _has_tensor(out):
+            raise CaptureError(f"fusion: {label} returns a Python value computed from tensor data "
+                               f"({type(out).__name__}); data-dependent Python cannot be captured. "
+                               "Pass fallback='eager' to run such a model eagerly.") from None
     if isinstance(out, torch.Tensor):
-        return g.add_node("extern", inputs, attrs, out.shape, out.dtype, device, name=label)
-    return g.add_node("extern", inputs, attrs, (), None, inputs[0].device if inputs else "cpu",
-                      name=label)
+        where = device if out.is_meta else out.device
+        return g.add_node("extern", inputs, attrs, out.shape, out.dtype, where, name=label)
+    if isinstance(out, (tuple, list)) and _has_tensor(out):
+        attrs.update(structure=_structure(out, device), fields=_fields(out))
+        return g.add_node("extern", inputs, attrs, (), None, device, name=label)
+    return out  # a value computed from types alone (shapes, dtypes: both guarded)
+
+
+def element(g: Graph, node: Node, key):
+    """Element ``key`` (an index, or a field name such as ``values``) of a tuple node."""
+    index = node.attrs["fields"].index(key) if isinstance(key, str) else key
+    entry = node.attrs["structure"][index]
+    if entry[0] == "value":
+        return entry[1]
+    if entry[0] == "tensor":
+        _, shape, dtype, device = entry
+        return g.add_node("getitem", (node,), {"index": index}, shape, dtype, device)
+    _, sub, fields = entry
+    return g.add_node("getitem", (node,), {"index": index, "structure": sub, "fields": fields},
+                      (), None, node.device)
+
+
+def is_tuple_node(x) -> bool:
+    return isinstance(x, Node) and x.dtype is None and "structure" in x.attrs
+
+
+def check_probed(node: Node, value) -> None:
+    """Raise ``ProbedTypeMismatch`` when a probed extern's real result has another type."""
+    want = _structure(value, node.device) if node.dtype is None else None
+    if node.dtype is None:
+        ok = want == node.attrs["structure"]
+    else:
+        ok = isinstance(value, torch.Tensor) and tuple(value.shape) == node.shape and value.dtype == node.dtype
+    if not ok:
+        raise ProbedTypeMismatch(f"fusion: {node.attrs['label']} returned a result whose shape depends "
+                                 "on the input values")
+
+
+def _structure(out, device) -> tuple:
+    entries = []
+    for o in out:
+        if isinstance(o, torch.Tensor):
+            entries.append(("tensor", tuple(o.shape), o.dtype, device if o.is_meta else o.device))
+        elif isinstance(o, (tuple, list)):
+            entries.append(("tuple", _structure(o, device), _fields(o)))
+        else:
+            entries.append(("value", o))
+    return tuple(entries)
+
+
+def _fields(out) -> tuple:
+    """Field names of a named tuple (``torch.return_types.max``: values, indices)."""
+    return tuple(getattr(type(out), "_fields", None) or getattr(type(out), "__match_args__", ()) or ())
+
+
+def _has_tensor(out) -> bool:
+    return any(isinstance(t, torch.Tensor) for t in pytree.tree_leaves(out))
+
+
+def _meta_value(x):
+    """An operand as a meta value: tensors of its type; tuple nodes element by element."""
+    if is_tuple_node(x):
+        return _rebuild(x.attrs["structure"], lambda shape, dtype, device: torch.empty(
+            shape, dtype=dtype, device="meta"))
+    return meta(x)
+
+
+def _rebuild(structure, make) -> tuple:
+    return tuple(make(*e[1:]) if e[0] == "tensor" else _rebuild(e[1], make) if e[0] == "tuple"
+                 else e[1] for e in structure)
+
+
+def _probe(attrs, label):
+    """The result on zeros and on random values of the operands' types; they must agree."""
+    gen = torch.Generator().manual_seed(0)
+
+    def fill(random):
+        def make(shape, dtype, device):
+            t = torch.zeros(shape, dtype=dtype, device=device)
+            return t.copy_(torch.randn(shape, generator=gen)) if random and dtype.is_floating_point else t
+        return lambda x: (_rebuild(x.attrs["structure"], make) if is_tuple_node(x) else
+                          make(x.shape, x.dtype, x.device) if isinstance(x, Node) else x)
+    first, second = _run_on(attrs, fill(False)), _run_on(attrs, fill(True))
+    if not _has_tensor(first):
+        return first  # a Python value: make_extern refuses it
+    if _type_of(first) != _type_of(second):
+        raise CaptureError(f"fusion: {label} returns a result whose shape depends on the input values; "
+                           "data-dependent shapes cannot be captured. Pass fallback='eager' to run "
+                           "such a model eagerly.")
+    return first
+
+
+def _type_of(out):
+    if isinstance(out, torch.Tensor):
+        return ("tensor", tuple(out.shape), out.dtype)
+    if isinstance(out, (tuple, list)):
+        return tuple(_type_of(o) for o in out)
+    return ("value", out)
 
 
 def run_extern(node: Node, values: dict) -> object:
     """Run an extern node on real values (``values`` maps its input nodes)."""
-    return _run_on(node.attrs, lambda x: values[x] if isinstance(x, Node) else x)
+    out = _run_on(node.attrs, lambda x: values[x] if isinstance(x, Node) else x)
+    if node.attrs.get("probed"):
+        check_probed(node, out)
+    return out
 
 
 def _run_on(attrs, convert):

@@ -82,6 +82,8 @@ def format_node(n: Node) -> str:
         rhs = f"{n.op}({n.name!r})"
     elif n.kind == OpKind.EXTERN:
         rhs = f"extern[{n.attrs['label']}]({', '.join(map(repr, n.inputs))})"
+    elif n.kind == OpKind.ELEMENT:
+        rhs = f"{n.inputs[0]!r}[{n.attrs['index']}]"
     else:
         args = [repr(i) if isinstance(i, Node) else _fmt_const(i) for i in n.inputs]
         args += [f"{k}={_fmt_const(v)}" for k, v in n.attrs.items()]

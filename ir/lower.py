@@ -16,7 +16,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from ir.capture import CaptureError
-from ir.extern import make_extern
+from ir.extern import element, is_tuple_node, make_extern
 from ir.graph import Graph, Node
 from ir.ops import DECOMPOSITIONS, OPS
 from ir.types import meta
@@ -133,6 +133,11 @@ def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
 
     if target is operator.getitem and isinstance(args[0], (tuple, list)):
         return args[0][args[1]]  # e.g. one chunk of x.chunk(4, 1)
+    if target is operator.getitem and is_tuple_node(args[0]) and isinstance(args[1], int):
+        return element(g, args[0], args[1])  # e.g. x.max(dim=1)[0], an LSTM's (h, c)
+    if (target is builtins.getattr and is_tuple_node(args[0])
+            and args[1] in args[0].attrs["fields"]):
+        return element(g, args[0], args[1])  # e.g. torch.topk(x, 2).values
     if _hashable(alias) and alias in DECOMPOSITIONS and isinstance(args[0], Node):
         try:
             return DECOMPOSITIONS[alias](g, target, args, kwargs)

@@ -21,6 +21,7 @@ class OpKind(str, Enum):
     VIEW = "view"              # no data moves: torch makes the view, kernels read it by strides
     MATMUL = "matmul"          # may anchor a matmul-epilogue kernel (form says how)
     EXTERN = "extern"          # not in the table: run by eager torch, reported by explain
+    ELEMENT = "element"        # one element of an extern's tuple result (topk, max(dim), LSTM)
     INPUT = "input"            # structural: a graph argument
     PARAM = "param"            # structural: a module parameter or buffer, read at every call
 

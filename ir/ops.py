@@ -37,6 +37,9 @@ op("input", OpKind.INPUT, None, None, None, internal=True, differentiable=False)
 op("param", OpKind.PARAM, None, None, None, internal=True, differentiable=False)
 # anything else: run by eager torch (its type recorded at capture), reported by explain
 op("extern", OpKind.EXTERN, None, None, None, internal=True)
+# element ``index`` of an extern's tuple result; its type was recorded with the tuple
+op("getitem", OpKind.ELEMENT, None, lambda t, index, **recorded: t[index], None, internal=True,
+   differentiable=False)
 
 __all__ = ["OPS", "DECOMPOSITIONS", "SAMPLE_DOMAINS", "OpDef", "OpKind", "MatmulForm", "FUSIBLE",
            "STRUCTURAL"]

@@ -30,8 +30,19 @@ def _linear_vjp(bwd, out, g, x, w, bias=None):
     return (gx, gw) + ((bwd.call("sum_to", g, shape=bias.shape),) if bias is not None else ())
 
 
+def _parse_linear(alias, args, kwargs):
+    """``linear(x, w, bias=None)`` in any spelling; a None bias is no operand."""
+    if set(kwargs) - {"input", "weight", "bias"}:
+        raise NotImplementedError(f"keyword arguments {dict(kwargs)} are not fused")
+    named = dict(zip(("input", "weight", "bias"), args), **kwargs)
+    operands = (named["input"], named["weight"])
+    return operands + ((named["bias"],) if named.get("bias") is not None else ()), {}
+
+
+# F.linear is torch._C._nn.linear, the spelling Dynamo records (bias=None for nn.Linear(bias=False))
 op("linear", OpKind.MATMUL, linear_rule, lambda x, w, bias=None: F.linear(x, w, bias),
-   _linear_vjp, aliases=(F.linear, torch.nn.Linear), form=MatmulForm(a=0, b=1, bias=2, b_transposed=True))
+   _linear_vjp, aliases=(F.linear, torch.nn.Linear), parse=_parse_linear,
+   form=MatmulForm(a=0, b=1, bias=2, b_transposed=True))
 op("addmm", OpKind.MATMUL, addmm_rule, lambda bias, x, w: torch.addmm(bias, x, w),
    lambda bwd, out, g, bias, x, w: (bwd.call("sum_to", g, shape=bias.shape),
                                   bwd.call("matmul", g, bwd.call("transpose", w, dim0=0, dim1=1)),

@@ -17,7 +17,7 @@ def _kernels_used():
 
 def setup_function():
     torch._dynamo.reset()
-    fusion.dynamo._compiled.clear()
+    fusion.dynamo.reset()
 
 
 def test_backend_is_registered_by_entry_point():

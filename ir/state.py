@@ -1,0 +1,186 @@
+"""The Python state a torch.fx capture baked in, and the guards that re-check it.
+
+``symbolic_trace`` runs forward with proxies for tensors; every other value the
+code reads (``self.scale``, a global ``EPS``, a closure's ``k``, which function
+``self.act`` is) is baked into the graph as a constant or a call target. Like
+Dynamo's guards, ``state_reads`` lists those values and ``StateGuards.hold``
+re-checks them at every call; a change means the graph is stale and the caller
+recaptures.
+
+What is read is found statically in the code objects capture ran: the forward
+of the root and of every module fx traced into (``functools.wraps`` wrappers
+followed), the functions they reach through globals (user code only: not
+torch's), and the functions and comprehensions nested in them. For each, the
+names in ``co_names`` are looked up in its globals, in ``self``'s attributes
+and submodules, and one level into plain objects held by ``self`` (a config
+object's fields); closure cells are read through ``co_freevars``. A name that
+only looks like a read (the same word used for another object's attribute)
+costs a needless guard, never a missed one. Values are guarded by value when
+they are plain data (numbers, strings, None, dtypes, tuples and lists of them),
+by identity otherwise (functions, classes, submodules, other objects).
+Tensors are not guarded here: they are read at every call.
+"""
+from __future__ import annotations
+
+import enum
+import inspect
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+_MISSING = object()
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device,
+          torch.memory_format, torch.layout, enum.Enum)
+_MAX_DEPTH = 4  # functions reached through globals, from a forward
+
+
+@dataclass(frozen=True, eq=False)
+class StateRead:
+    """One value capture read: ``where[key]`` (a dict: globals, an object's
+    ``__dict__``, a module's ``_modules``) or a closure cell (``key`` None)."""
+    where: object
+    key: str | None
+    value: object
+    by_value: bool
+    label: str                       # for the recapture message: "self.scale", "global EPS"
+
+    def holds(self) -> bool:
+        if self.key is None:
+            try:
+                now = self.where.cell_contents
+            except ValueError:       # an empty cell
+                return False
+        else:
+            now = self.where.get(self.key, _MISSING)
+        if not self.by_value:
+            return now is self.value
+        return type(now) is type(self.value) and (now is self.value or now == self.value)
+
+
+class StateGuards:
+    """The reads of one capture; ``hold()`` is True while none has changed."""
+
+    def __init__(self, reads: list[StateRead]):
+        self.reads = reads
+
+    def hold(self) -> bool:
+        for r in self.reads:
+            if not r.holds():
+                return False
+        return True
+
+    def changed(self) -> str | None:
+        """What changed, in words (for warnings), or None."""
+        return next((r.label for r in self.reads if not r.holds()), None)
+
+
+def state_reads(root, traced_modules: list) -> list[StateRead]:
+    """What the code run by capturing ``root`` (a module or function) read, with
+    ``traced_modules`` the modules fx traced into (their forwards ran)."""
+    reads: dict[tuple, StateRead] = {}
+    owners = [(root, None)] if not isinstance(root, torch.nn.Module) else []
+    owners += [(type(m).forward, m) for m in [root] + list(traced_modules)
+               if isinstance(m, torch.nn.Module)]
+    seen: set = set()
+    for fn, owner in owners:
+        _scan_function(fn, owner, reads, seen, 0)
+    return list(reads.values())
+
+
+def _scan_function(fn, owner, reads: dict, seen: set, depth: int) -> None:
+    while fn is not None:  # a decorated forward: the wrapper, then what it wraps
+        fn = getattr(fn, "__func__", fn)
+        code = getattr(fn, "__code__", None)
+        if code is None or (code, id(owner)) in seen or _is_torch(code):
+            return
+        seen.add((code, id(owner)))
+        for cell_name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+            _add_cell(reads, cell, f"closure {cell_name} of {fn.__qualname__}")
+        _scan_code(code, fn.__globals__, owner, reads, seen, depth)
+        fn = getattr(fn, "__wrapped__", None)
+
+
+def _scan_code(code, globals_: dict, owner, reads: dict, seen: set, depth: int) -> None:
+    names = set(code.co_names)
+    for name in names & globals_.keys():
+        value = globals_[name]
+        if isinstance(value, types.ModuleType):
+            continue
+        _add(reads, globals_, name, value, f"global {name}")
+        if isinstance(value, types.FunctionType) and depth < _MAX_DEPTH:
+            _scan_function(value, None, reads, seen, depth + 1)
+    if isinstance(owner, torch.nn.Module):
+        _scan_object(owner, names, reads, "self", deep=True)
+    for const in code.co_consts:  # nested functions, lambdas and comprehensions
+        if isinstance(const, types.CodeType) and not _is_torch(const):
+            _scan_code(const, globals_, owner, reads, seen, depth)
+
+
+def _scan_object(obj, names: set, reads: dict, label: str, deep: bool) -> None:
+    attrs = getattr(obj, "__dict__", {})
+    for name in names & attrs.keys():
+        value = attrs[name]
+        if name.startswith("__") or isinstance(value, torch.Tensor):
+            continue
+        _add(reads, attrs, name, value, f"{label}.{name}")
+        if deep and _is_plain_object(value):
+            _scan_object(value, names, reads, f"{label}.{name}", deep=False)
+    if isinstance(obj, torch.nn.Module):
+        for name in names & obj._modules.keys():
+            _add(reads, obj._modules, name, obj._modules[name], f"{label}.{name}")
+
+
+def _add(reads: dict, where, key, value, label) -> None:
+    if (id(where), key) in reads:
+        return
+    plain = _is_plain(value)
+    if not plain and isinstance(value, (list, dict, set)):
+        return  # a container of objects: nothing a guard could compare cheaply
+    reads[(id(where), key)] = StateRead(where, key, _snapshot(value) if plain else value, plain, label)
+
+
+def _add_cell(reads: dict, cell, label) -> None:
+    try:
+        value = cell.cell_contents
+    except ValueError:
+        return
+    if not isinstance(value, (torch.Tensor, torch.nn.Module, types.ModuleType)):
+        plain = _is_plain(value)
+        reads[(id(cell), None)] = StateRead(cell, None, _snapshot(value) if plain else value, plain, label)
+
+
+def _is_plain(value) -> bool:
+    """Data a guard compares by value: scalars, strings, dtypes, and containers of them."""
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, (tuple, list, frozenset, set)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(_is_plain(k) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def _snapshot(value):
+    """A copy of mutable plain containers, so a later in-place change is seen."""
+    if isinstance(value, list):
+        return [_snapshot(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if isinstance(value, set):
+        return set(value)
+    return value
+
+
+def _is_plain_object(value) -> bool:
+    """An object whose fields forward may read (a config): not a module, tensor,
+    function, class or container."""
+    return (hasattr(value, "__dict__") and not isinstance(
+        value, (torch.nn.Module, torch.Tensor, type, types.FunctionType, types.MethodType,
+                types.ModuleType, types.BuiltinFunctionType)) and not inspect.isroutine(value))
+
+
+def _is_torch(code) -> bool:
+    return code.co_filename.startswith(_TORCH_DIR)
