@@ -31,7 +31,7 @@ from fusion.modes import mode_for
 from fusion.plan import Plan, build_plan
 from fusion.runtime import run_plan
 from fusion.signature import Binder, describe_arg, signature_key, tensor_leaves, transformed
-from ir.capture import CaptureError, Traced, trace_with_state
+from ir.capture import CaptureError, NotLowered, Traced, trace_with_state
 from ir.extern import ProbedTypeMismatch
 from ir.graph import Node
 from ir.lower import Captured, fetch_attr, lower
@@ -183,9 +183,8 @@ class CompiledModule(torch.nn.Module):
         try:
             return self._run(entry, args, params)
         except ProbedTypeMismatch as e:  # nothing was written yet: eager gives the answer
-            self._eager_reason = str(e)
             del self._entries[key]
-            return self._orig(*args)
+            return self._run_eagerly(CaptureError(f"{e}; data-dependent shapes cannot be captured."), args)
 
     def _valid(self, entry: SignatureEntry, key: tuple) -> dict | None:
         """The parameters ``entry`` reads, or None when a guard failed (the entry is dropped;
@@ -205,14 +204,27 @@ class CompiledModule(torch.nn.Module):
         return None
 
     def _capture_signature(self, args: tuple) -> SignatureEntry | None:
-        """Capture and plan this signature with torch.fx; if fx cannot, move capture to Dynamo."""
+        """Capture and plan this signature with torch.fx; if fx cannot, move capture to Dynamo
+        (a graph Dynamo captured, which cannot be lowered, runs as it is: eagerly)."""
         try:
             return self._build(args, self._traced_for(args))
         except CaptureError as e:
-            if isinstance(self._orig, fx.GraphModule):
-                raise  # a graph Dynamo captured: no other path
-            self._use_dynamo(e)
+            if not isinstance(self._orig, fx.GraphModule):
+                self._use_dynamo(e)
+            elif self._fallback == "error" and not isinstance(e, NotLowered):
+                raise
+            else:
+                self._eager_reason = str(e)
+                self._warn_once("region", f"{e}; this graph runs eagerly.")
             return None
+
+    def _run_eagerly(self, error: CaptureError, args: tuple):
+        """What cannot be captured: an error, or (fallback='eager') eager from now on."""
+        if self._fallback == "error" and not isinstance(self._orig, fx.GraphModule):
+            raise error
+        self._eager_reason = str(error)
+        self._warn_once("eager", f"{error} Running it eagerly.")
+        return self._orig(*args)
 
     def _traced_for(self, args: tuple) -> Traced:
         """The fx capture; if plain tracing fails, one with this call's Python arguments
@@ -272,14 +284,16 @@ class CompiledModule(torch.nn.Module):
 
     def _region(self, gm: fx.GraphModule, example_inputs) -> "CompiledModule":
         """Dynamo's backend for this module: one compiled region per captured graph."""
-        region = CompiledModule(gm, fallback="error", recompile_limit=self._limit)
+        region = CompiledModule(gm, fallback=self._fallback, recompile_limit=self._limit)
         self._regions.append(region)
         return region
 
     def _call_dynamo(self, args: tuple, kwargs: dict):
         from torch._dynamo import exc
         try:
-            return self._dynamo(*args, **kwargs)
+            # Dynamo skips frames holding nn.LSTM/GRU unless asked: our lowering runs them (extern)
+            with torch._dynamo.config.patch(allow_rnn=True):
+                return self._dynamo(*args, **kwargs)
         except exc.Unsupported as e:  # a graph break, with one graph required
             raise CaptureError(
                 f"fusion: cannot capture {_name(self._orig)}: torch.fx cannot trace it "

@@ -32,10 +32,8 @@ def explain(model, *example_inputs, **example_kwargs) -> Report:
     eager_saved = None
     if wants_grad:
         _, eager_saved = saved_bytes(compiled.original, *args, **kwargs)
-        sources = [t for t in _tensor_leaves((args, kwargs)) + list(compiled.parameters())
-                   if t.requires_grad]
-        torch.autograd.grad(wants_grad, sources, [torch.ones_like(t) for t in wants_grad],
-                            allow_unused=True)
+        torch.autograd.grad(wants_grad, _autograd_leaves(wants_grad),
+                            [torch.ones_like(t) for t in wants_grad], allow_unused=True)
     kernels, backward, saved = [], [], []
     for step in [s for plan in plans for s in plan.steps if s.kernel is not None]:
         kernels += kernel_reports(step.kernel)
@@ -83,6 +81,25 @@ def saved_bytes(fn, *args, **kwargs) -> tuple[object, int]:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn(*args, **kwargs)
     return out, sum(seen.values())
+
+
+def _autograd_leaves(outputs: list) -> list:
+    """The leaf tensors gradients of ``outputs`` reach (inputs, parameters, closures' tensors)."""
+    leaves, seen = {}, set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    for t in outputs:
+        if t.grad_fn is None and t.requires_grad:
+            leaves[id(t)] = t
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)  # AccumulateGrad: the leaf it accumulates into
+        if variable is not None:
+            leaves[id(variable)] = variable
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return list(leaves.values())
 
 
 def _tensor_leaves(x) -> list:

@@ -18,6 +18,11 @@ class CaptureError(RuntimeError):
     """The model could not be captured; the message says why."""
 
 
+class NotLowered(CaptureError):
+    """A captured graph holds what the IR does not lower (torch.func transforms): it runs
+    as it is, eagerly, whatever the fallback setting."""
+
+
 @dataclass
 class Traced:
     """An fx capture: the graph module, and the Python values the trace baked in."""

@@ -127,8 +127,11 @@ def _probe(attrs, label):
 
     def fill(random):
         def make(shape, dtype, device):
-            t = torch.zeros(shape, dtype=dtype, device=device)
-            return t.copy_(torch.randn(shape, generator=gen)) if random and dtype.is_floating_point else t
+            if not random:
+                return torch.zeros(shape, dtype=dtype, device=device)
+            values = torch.randn(shape, generator=gen) if dtype.is_floating_point else \
+                torch.randint(0, 2 if dtype == torch.bool else 3, shape, generator=gen)
+            return values.to(device=device, dtype=dtype)
         return lambda x: (_rebuild(x.attrs["structure"], make) if is_tuple_node(x) else
                           make(x.shape, x.dtype, x.device) if isinstance(x, Node) else x)
     first, second = _run_on(attrs, fill(False)), _run_on(attrs, fill(True))

@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from ir.capture import CaptureError
+from ir.capture import CaptureError, NotLowered
 from ir.extern import element, is_tuple_node, make_extern
 from ir.graph import Graph, Node
 from ir.ops import DECOMPOSITIONS, OPS
@@ -110,6 +110,9 @@ def fetch_attr(root, qualname: str):
 
 def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
     target, alias = n.target, n.target
+    if getattr(target, "__module__", "").startswith(("torch._functorch", "torch._C._functorch")):
+        raise NotLowered(f"fusion: torch.func transforms (vmap, grad) are not fused: "
+                           f"{getattr(target, '__name__', target)} in the graph")
     if n.op == "call_module":
         mod = submodule(n.target)
         if isinstance(mod, _PASSTHROUGH_MODULES) or (isinstance(mod, torch.nn.Dropout) and not mod.training):
