@@ -18,9 +18,10 @@ from codegen.cache import load_kernel, source_path
 from codegen.layouts import InputLayout
 from codegen.pointwise import EmittedKernel, PointwiseSpec, emit_pointwise
 from codegen.triton_compat import launch
-from fusion.layout import Layout, plan_layout
+from fusion.layout import Layout, memory_order, plan_layout
 from fusion.modes import Mode
 from ir.graph import numel
+from ir.interpret import eval_node
 from ir.ops import OPS, OpKind
 
 
@@ -83,14 +84,16 @@ class PointwiseKernel(FusedKernel):
         # element outputs are written whole; a full reduction gets one partial per program
         self.allocs = [(self.grid, _partial_dtype(o), OPS[o.op].combine) if _is_reduction(o)
                        else (self.shape, o.dtype, None) for o in group.outputs]
+        self.elementwise_outputs = [o for o in group.outputs if not _is_reduction(o)]
 
     def __call__(self, inputs: list[torch.Tensor], keep: tuple = ()) -> list[torch.Tensor]:
         assert not keep, "a pointwise kernel keeps nothing for backward"
         device, n = self.device, self.n
-        outs = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, _ in self.allocs]
+        inputs = [t if t.device == device else t.to(device) for t in inputs]
+        variant = self.variant_for(inputs)
+        outs = [torch.empty(shape, dtype=dtype, device=device) if combine is not None
+                else variant.layout.empty(shape, dtype, device) for shape, dtype, combine in self.allocs]
         if n:
-            inputs = [t if t.device == device else t.to(device) for t in inputs]
-            variant = self.variant_for(inputs)
             args = []
             for t, kind, strides in zip(inputs, variant.layout.kinds, variant.layout.strides):
                 args.append(t)
@@ -107,13 +110,28 @@ class PointwiseKernel(FusedKernel):
         key = tuple((t.shape, t.stride()) for t in inputs)
         v = self._by_strides.get(key)
         if v is None:
-            layout = plan_layout(self.group.shape, inputs)
+            layout = plan_layout(self.group.shape, inputs, self._output_order(inputs))
             vkey = (len(layout.sizes), layout.kinds, layout.int64)
             v = self.variants.get(vkey)
             if v is None:
                 v = self.variants[vkey] = self._build(layout, inputs)
             self._by_strides[key] = v
         return v
+
+    def _output_order(self, inputs: list[torch.Tensor]) -> tuple | None:
+        """The memory order eager gives the outputs (channels_last in, channels_last out),
+        learnt by running the group's ops on meta tensors with the inputs' strides; None
+        when every input is contiguous, or the outputs would disagree."""
+        if all(t.is_contiguous() for t in inputs) or not self.elementwise_outputs:
+            return None
+        env = {x: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+               for x, t in zip(self.group.inputs, inputs)}
+        for node in self.group.nodes:
+            if not _is_reduction(node):
+                env[node] = eval_node(node, env)
+        orders = {memory_order(env[o]) for o in self.elementwise_outputs}
+        order = orders.pop() if len(orders) == 1 else None
+        return None if order is None or list(order) == sorted(order) else order
 
     def _build(self, layout: Layout, inputs) -> Variant:
         g = self.group

@@ -24,6 +24,14 @@ class Layout:
     strides: tuple      # per input: strides over ``sizes`` (empty unless STRIDED)
     kinds: tuple        # per input: an InputLayout
     int64: bool         # some offset may not fit in int32
+    order: tuple | None = None  # dims outermost to innermost in the outputs' memory (None: as is)
+
+    def empty(self, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+        """An output of ``shape`` laid out in ``order`` (eager's memory format)."""
+        if self.order is None:
+            return torch.empty(shape, dtype=dtype, device=device)
+        inverse = sorted(range(len(self.order)), key=self.order.__getitem__)
+        return torch.empty([shape[d] for d in self.order], dtype=dtype, device=device).permute(inverse)
 
 
 def broadcast_strides(t: torch.Tensor, shape: tuple) -> list[int]:
@@ -35,10 +43,12 @@ def broadcast_strides(t: torch.Tensor, shape: tuple) -> list[int]:
     return out
 
 
-def plan_layout(shape: tuple, tensors: list[torch.Tensor]) -> Layout:
-    """Collapse ``shape`` and classify each input; see the module docstring."""
+def plan_layout(shape: tuple, tensors: list[torch.Tensor], order: tuple | None = None) -> Layout:
+    """Collapse ``shape`` and classify each input; see the module docstring. ``order``
+    (dims outermost first) is the outputs' memory order: the iteration follows it, so
+    outputs are written flat and inputs laid out the same way (channels_last) read flat."""
     full = [broadcast_strides(t, shape) for t in tensors]
-    dims = [d for d, s in enumerate(shape) if s != 1]
+    dims = [d for d in (order or range(len(shape))) if shape[d] != 1]
     sizes = [shape[d] for d in dims]
     strides = [[st[d] for d in dims] for st in full]
     merge_dims(sizes, strides)
@@ -55,7 +65,12 @@ def plan_layout(shape: tuple, tensors: list[torch.Tensor]) -> Layout:
             kinds.append(InputLayout.STRIDED)
             kept.append(tuple(st))
     reach = max([numel(shape)] + [max_offset(t) for t in tensors])
-    return Layout(tuple(sizes), tuple(kept), tuple(kinds), reach > INT32_MAX)
+    return Layout(tuple(sizes), tuple(kept), tuple(kinds), reach > INT32_MAX, order)
+
+
+def memory_order(t: torch.Tensor) -> tuple:
+    """``t``'s dims from outermost to innermost in memory (size-1 dims keep their place)."""
+    return tuple(sorted(range(t.dim()), key=lambda d: (-t.stride(d) if t.shape[d] != 1 else 0, d)))
 
 
 def merge_dims(sizes: list[int], strides: list[list[int]]) -> None:

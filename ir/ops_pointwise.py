@@ -153,9 +153,20 @@ def _minmax_vjp(greater):
     return vjp
 
 
-_pointwise("maximum", "common", torch.maximum, lambda args, attrs, ctype: minmax_expr("maximum", args, ctype),
+def _with_scalars(fn):
+    """``fn`` (torch.maximum/minimum, which take tensors only) with a Python scalar operand
+    as a 0-d tensor: it promotes like the scalar (a 0-d tensor never decides the category's
+    width), so the eager reference types results as the kernel does."""
+    def eager(x, y):
+        like = y if isinstance(x, (bool, int, float)) else x
+        return fn(*[torch.tensor(a, device=like.device) if isinstance(a, (bool, int, float)) else a
+                    for a in (x, y)])
+    return eager
+
+
+_pointwise("maximum", "common", _with_scalars(torch.maximum), lambda args, attrs, ctype: minmax_expr("maximum", args, ctype),
            _minmax_vjp(True), aliases=(torch.maximum, "maximum"), arity=2)
-_pointwise("minimum", "common", torch.minimum, lambda args, attrs, ctype: minmax_expr("minimum", args, ctype),
+_pointwise("minimum", "common", _with_scalars(torch.minimum), lambda args, attrs, ctype: minmax_expr("minimum", args, ctype),
            _minmax_vjp(False), aliases=(torch.minimum, "minimum"), arity=2)
 _pointwise("where", "select", torch.where, lambda args, attrs, ctype: f"tl.where({args[0]}, {args[1]}, {args[2]})",
            lambda bwd, out, g, c, x, y: (None, _pick(bwd, g, c), bwd.call("where", c, 0.0, g)),
@@ -164,7 +175,8 @@ _pointwise("where", "select", torch.where, lambda args, attrs, ctype: f"tl.where
 for _name, _sym, _fn, _dunder in (("eq", "==", torch.eq, operator.eq), ("ne", "!=", torch.ne, operator.ne),
                                   ("lt", "<", torch.lt, operator.lt), ("le", "<=", torch.le, operator.le),
                                   ("gt", ">", torch.gt, operator.gt), ("ge", ">=", torch.ge, operator.ge)):
-    _pointwise(_name, "bool", _fn, (lambda s: lambda args, attrs, ctype: f"{args[0]} {s} {args[1]}")(_sym), None,
+    # the operator form: a Python scalar on either side, as torch.lt accepts on the right only
+    _pointwise(_name, "bool", _dunder, (lambda s: lambda args, attrs, ctype: f"{args[0]} {s} {args[1]}")(_sym), None,
                aliases=(_fn, _dunder, _name, f"__{_name}__"), differentiable=False, arity=2)
 
 
