@@ -33,9 +33,11 @@ from fusion.runtime import run_plan
 from fusion.signature import Binder, describe_arg, signature_key, tensor_leaves, transformed
 from ir.capture import CaptureError, NotLowered, Traced, trace_with_state
 from ir.extern import ProbedTypeMismatch
+from ir.functional_write_back import inputs_alias, write_back
 from ir.graph import Node
+from ir.inplace_ops import may_mutate
 from ir.lower import Captured, fetch_attr, lower
-from ir.state import StateGuards
+from ir.state import StateGuards, module_reads
 
 DEFAULT_RECOMPILE_LIMIT = 8
 
@@ -44,12 +46,15 @@ DEFAULT_RECOMPILE_LIMIT = 8
 class SignatureEntry:
     """What one call signature compiled to: the captured graph, its plan, the guards
     on module state the plan was built with (``fusion.guards``) and on the Python
-    values its capture baked in (``ir.state``)."""
+    values its capture baked in (``ir.state``); for a graph with in-place ops, its
+    functionalization (what to write back into the caller's tensors after the plan ran)."""
     captured: Captured
     plan: Plan
     guards: PlanGuards
     state: StateGuards
     traced: Traced
+    root: object                       # where parameters and written-back attributes live
+    functional: object | None = None   # ir.functionalize.Functionalized, when it wrote anything
 
 
 class CompiledModule(torch.nn.Module):
@@ -208,10 +213,14 @@ class CompiledModule(torch.nn.Module):
         (a graph Dynamo captured, which cannot be lowered, runs as it is: eagerly)."""
         try:
             return self._build(args, self._traced_for(args))
+        except NotLowered as e:  # captured, but not something the IR lowers: eager is right
+            self._eager_reason = str(e)
+            self._warn_once("not-lowered", f"{e}; {_name(self._orig)} runs eagerly.")
+            return None
         except CaptureError as e:
             if not isinstance(self._orig, fx.GraphModule):
                 self._use_dynamo(e)
-            elif self._fallback == "error" and not isinstance(e, NotLowered):
+            elif self._fallback == "error":
                 raise
             else:
                 self._eager_reason = str(e)
@@ -249,21 +258,38 @@ class CompiledModule(torch.nn.Module):
         return self._specialized[key]
 
     def _build(self, args: tuple, traced: Traced) -> SignatureEntry:
-        """Lower, optimise, partition and prepare kernels for this signature."""
+        """Functionalize (when the graph may mutate), lower, optimise, partition and prepare
+        kernels for this signature."""
         # a function's constants live on its traced GraphModule; a module's state on itself
         root = self._orig if isinstance(self._orig, torch.nn.Module) else traced.gm
-        captured = lower(traced.gm, args, root=root)
+        gm, functional, reads = traced.gm, None, list(traced.state)
+        if may_mutate(gm):
+            # imported here: fake tensors cost ~0.15 s to import and ~2 s on first use,
+            # which only graphs with in-place ops (or opaque calls) pay
+            from ir.functionalize import functionalize
+            functional = functionalize(gm, list(args))
+            gm = functional.gm
+            reads += module_reads(functional.modules)
+        captured = lower(gm, args, root=root)
+        if functional is not None:
+            captured.graph.notes += functional.notes
+            captured.modules.update({q: (m, m.training) for q, m in functional.modules.items()})
+            functional = functional if functional.writebacks else None
         tensors = tensor_leaves(args) + [fetch_attr(root, p.name) for p in captured.graph.params]
         device = tensors[0].device if tensors else torch.device("cpu")
         plan = build_plan(captured.graph, mode_for(device))
         guards = PlanGuards(root, captured.modules, [p.name for p in captured.graph.params])
-        return SignatureEntry(captured, plan, guards, StateGuards(traced.state), traced)
+        return SignatureEntry(captured, plan, guards, StateGuards(reads), traced, root, functional)
 
     def _run(self, entry: SignatureEntry, args: tuple, params: dict):
+        functional = entry.functional
+        if functional is not None and inputs_alias(args):
+            return self._orig(*args)  # written inputs sharing storage: only eager gets that right
         outs = iter(run_plan(entry.plan, tensor_leaves(args), params))
         cap = entry.captured
-        leaves = [next(outs) if isinstance(x, Node) else x for x in cap.out_leaves]
-        return pytree.tree_unflatten(leaves, cap.out_spec)
+        result = pytree.tree_unflatten([next(outs) if isinstance(x, Node) else x for x in cap.out_leaves],
+                                       cap.out_spec)
+        return result if functional is None else write_back(functional, entry.root, args, result)
 
     # ---- capture through Dynamo ----------------------------------------------------
     def _use_dynamo(self, fx_error: CaptureError) -> None:
@@ -323,7 +349,7 @@ class CompiledModule(torch.nn.Module):
         names = self._binder.names
         changing = self._last_change or "the module state (training mode or parameters)"
         if self._last_key is not None:
-            for i, (a, b) in enumerate(zip(key[2:], self._last_key[2:])):
+            for i, (a, b) in enumerate(zip(key[3:], self._last_key[3:])):
                 if a != b:
                     changing = f"argument {names[i]!r} ({b} -> {a})" if i < len(names) else changing
                     break

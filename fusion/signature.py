@@ -3,7 +3,7 @@
 A plan is valid for one signature: each argument's type (tensors: shape,
 strides, dtype, device, requires_grad; Python values: their value; containers
 walked, their tensors being inputs too; other objects: their identity), plus
-the training mode and default dtype.
+the training mode, grad mode and default dtype.
 """
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ class Binder:
 
 
 def signature_key(training: bool, args: tuple) -> tuple:
-    """The key of a bound call: training mode, default dtype, then each argument."""
-    key = [training, torch.get_default_dtype()]
+    """The key of a bound call: training mode, grad mode (functionalization reads it),
+    default dtype, then each argument."""
+    key = [training, torch.is_grad_enabled(), torch.get_default_dtype()]
     for a in args:
         key.append(describe_arg(a))
     return tuple(key)

@@ -38,16 +38,12 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ir.capture import FunctionalizeError
 from ir.inplace_ops import Twin, functional_twin
 
 # ATen ops that write arguments their schema does not mark as written: {name: (positions, training position)}
 _UNANNOTATED_WRITES = {"native_batch_norm": ((3, 4), 5), "cudnn_batch_norm": ((3, 4), 5),
                        "miopen_batch_norm": ((3, 4), 5)}
-
-
-class FunctionalizeError(RuntimeError):
-    """The graph has a mutation or aliasing pattern this pass does not handle (the
-    message says which); eager PyTorch would run it: the caller should run eagerly."""
 
 
 @dataclass

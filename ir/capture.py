@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from ir.inplace_ops import InplaceTracer
 from ir.state import StateRead, state_reads
 
 
@@ -23,6 +24,11 @@ class NotLowered(CaptureError):
     as it is, eagerly, whatever the fallback setting."""
 
 
+class FunctionalizeError(NotLowered):
+    """The graph has a mutation or aliasing pattern functionalization does not handle (the
+    message says which); eager PyTorch would run it: the caller runs it eagerly."""
+
+
 @dataclass
 class Traced:
     """An fx capture: the graph module, and the Python values the trace baked in."""
@@ -33,8 +39,9 @@ class Traced:
 _TRACE_LOCK = threading.Lock()
 
 
-class _RecordingTracer(fx.Tracer):
-    """fx's tracer, remembering the modules whose forward it traced into."""
+class _RecordingTracer(InplaceTracer):
+    """fx's tracer keeping in-place ops (``+=``, ``x[i] = v``, buffers' ``add_``: see
+    ``ir.inplace_ops``) and remembering the modules whose forward it traced into."""
 
     def __init__(self):
         super().__init__()

@@ -46,51 +46,18 @@ that would make eager's backward fail does not fail here (more permissive, never
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from ir.alias_analysis import Analysis, FunctionalizeError, analyze, same_geometry, storage_key
-from ir.functional_helpers import (clone_then_mutate, rebase_autograd, short_name, view_chain,
-                                   view_scatter)
+from ir.functional_helpers import clone_then_mutate, rebase_autograd, short_name, view_chain, view_scatter
+from ir.functional_write_back import Functionalized, inputs_alias, write_back
 from ir.inplace_ops import may_mutate
 
 __all__ = ["FunctionalizeError", "Functionalized", "functionalize", "inputs_alias", "may_mutate",
-           "run_functionalized"]
-
-
-@dataclass
-class Functionalized:
-    """The result of ``functionalize``.
-
-    ``gm`` has no mutation; its placeholders are the original ones and its outputs are
-    the original output (when a tuple, its elements) followed by one extra output per
-    entry of ``writebacks``: ``("input", placeholder_index)`` or ``("attr", qualname)``,
-    where the value must be ``copy_``-ed after the call, in grad mode
-    ``writeback_grad[i]`` (None: the caller's mode; a bool: the graph set that mode
-    around the write). ``output_aliases`` has, per leaf of the original output (pytree
-    order), None or ``(kind, where, view)``: eager returns the caller's tensor itself
-    (``view`` None) or ``view(that tensor)``. ``modules`` are the submodules whose
-    attributes (``inplace``, ``p``, ``training``) the rewrite baked in: guard them.
-    """
-    gm: fx.GraphModule
-    writebacks: list = field(default_factory=list)
-    output_aliases: list = field(default_factory=list)
-    notes: list = field(default_factory=list)
-    writeback_grad: list = field(default_factory=list)
-    modules: dict = field(default_factory=dict)
-    output_is_tuple: bool = True
-
-    def split_outputs(self, values):
-        """(original output structure, extra write-back values) from ``gm``'s result."""
-        k = len(self.writebacks)
-        if not k:
-            return values, ()
-        values = tuple(values)
-        original = values[:-k] if self.output_is_tuple else values[0]
-        return original, values[-k:]
+           "run_functionalized", "write_back"]
 
 
 def functionalize(gm: fx.GraphModule, example_inputs: list) -> Functionalized:
@@ -115,34 +82,7 @@ def run_functionalized(f: Functionalized, root, args):
     """Reference runtime: run ``f.gm(*args)``, copy write-backs into the caller's
     tensors (inputs in ``args``, attributes on ``root``), return eager's output
     structure with aliased outputs replaced by the caller's tensors (or their views)."""
-    original, extras = f.split_outputs(f.gm(*args))
-    for (kind, where), value, grad in zip(f.writebacks, extras, f.writeback_grad):
-        target = args[where] if kind == "input" else _fetch(root, where)
-        # eager records its in-place ops in autograd (unless the graph turned grad off)
-        with torch.set_grad_enabled(torch.is_grad_enabled() if grad is None else grad):
-            target.copy_(value)
-    if not any(f.output_aliases):
-        return original
-    leaves, spec = pytree.tree_flatten(original)
-    for k, alias in enumerate(f.output_aliases):
-        if alias is not None:
-            kind, where, view = alias
-            t = args[where] if kind == "input" else _fetch(root, where)
-            leaves[k] = t if view is None else view(t)
-    return pytree.tree_unflatten(leaves, spec)
-
-
-def inputs_alias(args) -> bool:
-    """True when two tensors among ``args`` (nested too) share a storage: a graph with
-    write-backs was analysed with distinct inputs and must then run eagerly."""
-    seen = set()
-    for t in pytree.tree_leaves(args):
-        if isinstance(t, torch.Tensor):
-            key = storage_key(t)
-            if key in seen:
-                return True
-            seen.add(key)
-    return False
+    return write_back(f, root, args, f.gm(*args))
 
 
 class _Rewriter:
@@ -368,10 +308,3 @@ def _describe(n: fx.Node) -> str:
         return f"{n.target} (module)"
     kw = "".join(f", {k}={v}" for k, v in n.kwargs.items() if not isinstance(v, fx.Node))
     return f"{short_name(n)}(...{kw})"
-
-
-def _fetch(root, qualname: str):
-    obj = root
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj

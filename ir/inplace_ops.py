@@ -296,11 +296,3 @@ class InplaceTracer(fx.Tracer):
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return InplaceProxy(node, self)
-
-
-def symbolic_trace(root, concrete_args: dict | None = None) -> fx.GraphModule:
-    """``torch.fx.symbolic_trace`` with ``InplaceTracer``: ``+=`` and ``x[i] = v`` kept."""
-    tracer = InplaceTracer()
-    graph = tracer.trace(root, concrete_args)
-    name = root.__class__.__name__ if isinstance(root, nn.Module) else root.__name__
-    return fx.GraphModule(tracer.root, graph, name)

@@ -166,6 +166,9 @@ def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
             return g.call(name, *inputs, **attrs)
         except NotImplementedError as e:
             return make_extern(g, n, target, args, kwargs, f"{name}: {e}")
+    if getattr(target, "__module__", "") == "ir.functional_helpers":
+        return make_extern(g, n, target, args, kwargs, "a mutation, run eagerly on a copy "
+                           "(functionalization: see the rewrites)")
     return make_extern(g, n, target, args, kwargs, "not in the op table")
 
 

@@ -90,6 +90,17 @@ def state_reads(root, traced_modules: list) -> list[StateRead]:
     return list(reads.values())
 
 
+def module_reads(modules: dict) -> list[StateRead]:
+    """Every plain attribute of ``modules`` (qualname -> module): what a rewrite that
+    replaced their calls baked in (``inplace``, ``p``, ``negative_slope``...)."""
+    reads: dict = {}
+    for qualname, module in modules.items():
+        for name, value in vars(module).items():
+            if not name.startswith("_") and _is_plain(value):
+                _add(reads, vars(module), name, value, f"{qualname}.{name}")
+    return list(reads.values())
+
+
 def _scan_function(fn, owner, reads: dict, seen: set, depth: int) -> None:
     while fn is not None:  # a decorated forward: the wrapper, then what it wraps
         fn = getattr(fn, "__func__", fn)

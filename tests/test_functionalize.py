@@ -18,8 +18,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ir.capture import trace as symbolic_trace
 from ir.functionalize import FunctionalizeError, functionalize, may_mutate, run_functionalized
-from ir.inplace_ops import symbolic_trace
 
 SOURCES = ["fx", "dynamo"]
 

@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ir.functionalize import (FunctionalizeError, functionalize, inputs_alias, may_mutate,
-                              run_functionalized)
-from ir.inplace_ops import symbolic_trace
+from ir.capture import trace as symbolic_trace
+from ir.functionalize import FunctionalizeError, functionalize, inputs_alias, may_mutate, run_functionalized
 
 N_PROGRAMS = int(os.environ.get("FUSION_FUNCTIONALIZE_PROGRAMS", "40"))  # more: deeper fuzzing
 
