@@ -240,6 +240,7 @@ class CompiledModule(torch.nn.Module):
         fixed (as torch.compile specialises on them)."""
         if self._traced is None and self._trace_error is None:
             try:
+                _refuse_hooks(self._orig)
                 self.__dict__["_traced"] = trace_with_state(self._orig)
             except CaptureError as e:
                 self._trace_error = e
@@ -365,6 +366,17 @@ def _user_stacklevel() -> int:
     while frame is not None and frame.f_code.co_filename.startswith(ours):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _refuse_hooks(model) -> None:
+    """Module hooks (FSDP's all-gathers, users' pre/post hooks) must run at every call:
+    fx would run them once, while tracing; Dynamo keeps them. Raises CaptureError."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    for name, m in model.named_modules():
+        if m._forward_pre_hooks or m._forward_hooks:
+            raise CaptureError(f"fusion: {name or type(model).__name__} has forward hooks, which "
+                               "torch.fx would run once while tracing")
 
 
 def _autocast_on() -> bool:
