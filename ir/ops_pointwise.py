@@ -90,12 +90,14 @@ def _parse_where(alias, args, kwargs):
 
 
 def _no_kwargs_but(*allowed):
-    """A parser for ops whose keyword arguments are only harmless ones (inplace=False...)."""
+    """A parser for unary ops whose other arguments are only harmless flags
+    (``inplace=False``, keyword or positional as in ``F.relu(x, False)``)."""
     def parse(alias, args, kwargs):
-        bad = {k: v for k, v in kwargs.items() if k not in allowed or v}
-        if bad:
-            raise NotImplementedError(f"keyword arguments {bad} are not fused")
-        return args, {}
+        flags = dict(zip(allowed, args[1:]), **kwargs)
+        bad = {k: v for k, v in flags.items() if k not in allowed or v}
+        if bad or len(args) > 1 + len(allowed):
+            raise NotImplementedError(f"arguments {bad or args[1:]} are not fused")
+        return args[:1], {}
     return parse
 
 

@@ -59,16 +59,18 @@ def _leaves(out):
     return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
-def check(make, inputs, source, calls=1, grad=True):
+def check(make, inputs, source, calls=1, grad=True, compile=compiled):
     """Run eager and ours ``calls`` times on clones of ``inputs``; compare outputs,
-    mutated inputs, gradients (of float inputs and parameters) and module state."""
+    mutated inputs, gradients (of float inputs and parameters) and module state.
+    ``compile(model, example, source)`` makes ours (tests/test_mutation_catalogue.py
+    passes the public entry points)."""
     eager = make()
     ours = copy.deepcopy(eager) if isinstance(eager, nn.Module) else eager
     run = None
     for _ in range(calls):
         xe, xo = _clone(inputs), _clone(inputs)
         if run is None:
-            run = compiled(ours, _clone(inputs), source)
+            run = compile(ours, _clone(inputs), source)
         ref, out = eager(*xe), run(*xo)
         torch.testing.assert_close(out, ref)
         for a, b in zip(xo, xe):
