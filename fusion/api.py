@@ -27,6 +27,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from fusion.guards import PlanGuards
+from fusion.hot_path import MISS, hooks_set, make_hot
 from fusion.modes import mode_for
 from fusion.plan import Plan, build_plan
 from fusion.runtime import run_plan
@@ -55,6 +56,7 @@ class SignatureEntry:
     traced: Traced
     root: object                       # where parameters and written-back attributes live
     functional: object | None = None   # ir.functionalize.Functionalized, when it wrote anything
+    hot: object = None                 # its hot path (fusion.hot_path), False where none applies
 
 
 class CompiledModule(torch.nn.Module):
@@ -85,6 +87,7 @@ class CompiledModule(torch.nn.Module):
         self._capture = "torch.fx"       # how calls are captured, in words (explain)
         self._specialized: dict[tuple, Traced] = {}
         self.__dict__["_dynamo"] = None  # the Dynamo-compiled model, once capture moved there
+        self.__dict__["_hot"] = None     # the last signature's hot path (fusion.hot_path)
         self._regions: list[CompiledModule] = []  # what Dynamo's graphs became
         self._trace_error: CaptureError | None = None
         self._last_change: str | None = None   # the Python value whose change last recaptured
@@ -158,7 +161,18 @@ class CompiledModule(torch.nn.Module):
         return signature_key(self.training, self._binder.bind(args, kwargs))
 
     # ---- calling -------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        # the hot path of the last signature: straight-line guards and run (fusion.hot_path);
+        # nn.Module's call machinery only when hooks must run
+        hot = self._hot
+        if hot is not None and not kwargs and not hooks_set(self):
+            out = hot(args)
+            if out is not MISS:
+                return out
+        return super().__call__(*args, **kwargs)
+
     def forward(self, *args, **kwargs):
+        self.__dict__["_hot"] = None  # set again below when a compiled signature runs
         if self._dynamo is not None:
             return self._call_dynamo(args, kwargs)
         if self._eager_reason is not None:
@@ -185,6 +199,9 @@ class CompiledModule(torch.nn.Module):
             self._entries[key] = entry
             params = entry.guards.values()
         self._last_key = key
+        if entry.hot is None and len(args) == self._binder.n_positional:
+            entry.hot = make_hot(self, entry, args) or False
+        self.__dict__["_hot"] = entry.hot or None
         try:
             return self._run(entry, args, params)
         except ProbedTypeMismatch as e:  # nothing was written yet: eager gives the answer

@@ -1,8 +1,10 @@
 """The runtime: run a plan, with one ``torch.autograd.Function`` per fused kernel launch.
 
-``run_plan`` walks the steps: graph inputs and parameters bind, fused steps
-launch their kernel, every other step runs its nodes with the reference
-interpreter (``ir.interpret``), so autograd sees those as usual.
+``run_plan`` runs a plan's generated runner: straight-line Python, one line per
+step (as torch.fx's codegen writes ``gm.code``), made once per plan by
+``plan_source``: graph inputs and parameters bind to locals, fused steps launch
+their kernel, every other node calls its eager torch reference, so autograd
+sees those as usual. No dict of values and no loop on the hot path.
 
 A fused step whose inputs need gradients runs through ``FusedKernelFunction``:
 its forward asks the step for the ``BackwardPlan`` of the gradients needed
@@ -15,32 +17,90 @@ by torch for broadcast inputs).
 from __future__ import annotations
 
 import functools
+import itertools
+import linecache
+import weakref
 
 import torch
 
 from fusion.plan import Plan, Step
+from ir.graph import Node, format_node
 from ir.interpret import eval_node
-from ir.ops import OpKind
+from ir.ops import OPS, OpKind
 
 
 def run_plan(plan: Plan, inputs: list, params: dict | None = None) -> list:
     """Run ``plan`` on ``inputs`` (one per graph input, in order) and ``params``
     (parameter and buffer values by name); returns the graph's outputs."""
-    env: dict = {}
-    it = iter(inputs)
-    for step in plan.steps:
+    return runner_for(plan)(inputs, params)
+
+
+def runner_for(plan: Plan):
+    """The plan's generated runner, ``run(inputs, params) -> outputs`` (made once)."""
+    runner = _RUNNERS.get(plan)
+    if runner is None:
+        runner = _RUNNERS[plan] = compile_plan(plan)
+    return runner
+
+
+_RUNNERS: "weakref.WeakKeyDictionary[Plan, object]" = weakref.WeakKeyDictionary()
+
+
+def compile_plan(plan: Plan):
+    """The plan's runner, ``run(inputs, params) -> outputs``, from ``plan_source``."""
+    source, scope = plan_source(plan)
+    filename = f"<fusion plan {next(_PLAN_IDS)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # tracebacks
+    exec(compile(source, filename, "exec"), scope)
+    return scope["run"]
+
+
+def plan_source(plan: Plan) -> tuple[str, dict]:
+    """The runner's source and the names it reads (kernels, references, constants)."""
+    scope: dict = {"eval_node": eval_node, "launch_step": launch_step}
+    name: dict[Node, str] = {}
+    lines = ["def run(inputs, params):"]
+    inputs = [n for n in plan.graph.nodes if n.kind == OpKind.INPUT]
+    if inputs:
+        lines.append(f"    {', '.join(_var(n, name) for n in inputs)}, = inputs")
+    for k, step in enumerate(plan.steps):
         g = step.group
         if step.kernel is not None:
-            env.update(zip(g.outputs, launch_step(step, [env[i] for i in g.inputs])))
+            scope[f"step{k}"] = step
+            outs = ", ".join(_var(o, name) for o in g.outputs)
+            lines.append(f"    {outs}, = launch_step(step{k}, [{', '.join(name[i] for i in g.inputs)}])"
+                         f"  # {step.kernel.family} kernel")
             continue
         for n in g.nodes:
             if n.kind == OpKind.INPUT:
-                env[n] = next(it)
-            elif n.kind == OpKind.PARAM:
-                env[n] = params[n.name]
+                continue
+            if n.kind == OpKind.PARAM:
+                lines.append(f"    {_var(n, name)} = params[{n.name!r}]")
+            elif n.kind in (OpKind.EXTERN, OpKind.ELEMENT) or OPS[n.op].eager is None:
+                scope[f"node{n.id}"] = n
+                env = ", ".join(f"node{i.id}: {name[i]}" for i in n.operands())
+                scope.update({f"node{i.id}": i for i in n.operands()})
+                lines.append(f"    {_var(n, name)} = eval_node(node{n.id}, {{{env}}})  # {format_node(n)}")
             else:
-                env[n] = eval_node(n, env)
-    return [env[o] for o in plan.graph.outputs]
+                scope[f"eager{n.id}"] = functools.partial(OPS[n.op].eager, **n.attrs)
+                args = []
+                for i in n.inputs:
+                    if isinstance(i, Node):
+                        args.append(name[i])
+                    else:
+                        scope[f"const{n.id}_{len(args)}"] = i
+                        args.append(f"const{n.id}_{len(args)}")
+                lines.append(f"    {_var(n, name)} = eager{n.id}({', '.join(args)})  # {format_node(n)}")
+    lines.append(f"    return [{', '.join(name[o] for o in plan.graph.outputs)}]")
+    return "\n".join(lines) + "\n", scope
+
+
+def _var(n: Node, name: dict) -> str:
+    name[n] = f"v{n.id}"
+    return name[n]
+
+
+_PLAN_IDS = itertools.count()
 
 
 def launch_step(step: Step, inputs: list) -> list:

@@ -108,3 +108,24 @@ def test_state_dict_and_parameters_are_the_originals():
     assert all(a is b for a, b in zip(fast.parameters(), model.parameters()))
     fast(torch.randn(2, 8))
     assert list(model.state_dict()) == ["weight", "scale"]  # compiling added nothing to the model
+
+
+def test_hot_path_serves_repeated_calls_and_sees_every_guard():
+    """The generated hot path (fusion.hot_path) checks what the general path checks."""
+    model = nn.Sequential(nn.Linear(6, 6), nn.SiLU())
+    fast = fusion.compile(model)
+    x = torch.randn(3, 6)
+    fast(x)
+    entry = fast.entry_for(x)
+    assert entry.hot, "a positional call with tensors gets a hot path"
+    torch.testing.assert_close(fast(x), model(x))
+    for change in (lambda: model[0].weight.data.mul_(2),                      # values: read each call
+                   lambda: setattr(model[0], "weight", nn.Parameter(torch.randn(6, 6))),
+                   lambda: model[0].weight.requires_grad_(False),
+                   lambda: model.eval(),
+                   lambda: setattr(model, "1", nn.Sigmoid())):                  # a replaced submodule
+        change()
+        torch.testing.assert_close(fast(x), model(x))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x))
+    torch.testing.assert_close(fast(x.double().float().t().contiguous().t()), model(x))
