@@ -14,7 +14,6 @@ tools/fuzz_graphs.py (any number of seeded programs).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -196,10 +195,6 @@ def make_inputs(prog: Program, gen: torch.Generator, dtype=None):
             pick = torch.randint(len(pool), full, generator=gen)
             x = torch.where(torch.rand(full, generator=gen) < prog.extremes, pool[pick], x)
         x = x.to(prog.dtype)  # the program's own rounding, identical for every run
-        if prog.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
-            # Triton's interpreter converts bf16 subnormals to fp32 wrongly (3e-39 -> 3.7e-40);
-            # the GPU does not. Keep them out of interpreter runs.
-            x = torch.where(x.abs() < torch.finfo(torch.bfloat16).tiny, torch.zeros_like(x), x)
         if layout == "sliced" and shape:
             x = x[..., ::2]
         elif layout == "transposed" and shape:
