@@ -264,7 +264,8 @@ class CompiledModule(torch.nn.Module):
         if self._traced is not None:
             return self._traced
         fixed = {name: a for name, a in zip(self._binder.names, args) if not isinstance(a, torch.Tensor)}
-        if not fixed:
+        if not fixed or not all(_plain(v) for v in fixed.values()):
+            # an object's fields would be baked in with only its identity guarded: Dynamo guards them
             raise self._trace_error
         key = tuple((k, describe_arg(v)) for k, v in fixed.items())
         if key not in self._specialized:
@@ -394,6 +395,13 @@ def _refuse_hooks(model) -> None:
         if m._forward_pre_hooks or m._forward_hooks:
             raise CaptureError(f"fusion: {name or type(model).__name__} has forward hooks, which "
                                "torch.fx would run once while tracing")
+
+
+def _plain(value) -> bool:
+    """A Python argument fixing it into a trace guards completely (by value)."""
+    if isinstance(value, (bool, int, float, str, type(None), torch.dtype, torch.device)):
+        return True
+    return isinstance(value, (tuple, list)) and all(_plain(v) for v in value)
 
 
 def _autocast_on() -> bool:

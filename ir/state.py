@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import sysconfig
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 
 _MISSING = object()
 _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+_STDLIB_DIR = sysconfig.get_paths()["stdlib"]
 _PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device,
           torch.memory_format, torch.layout, enum.Enum)
 _MAX_DEPTH = 4  # functions reached through globals, from a forward
@@ -110,6 +112,9 @@ def _scan_function(fn, owner, reads: dict, seen: set, depth: int) -> None:
         seen.add((code, id(owner)))
         for cell_name, cell in zip(code.co_freevars, fn.__closure__ or ()):
             _add_cell(reads, cell, f"closure {cell_name} of {fn.__qualname__}")
+            value = getattr(cell, "cell_contents", None)
+            if isinstance(value, types.ModuleType) and _is_user_module(value):
+                _scan_object(value, set(code.co_names), reads, cell_name, deep=False)
         _scan_code(code, fn.__globals__, owner, reads, seen, depth)
         fn = getattr(fn, "__wrapped__", None)
 
@@ -119,6 +124,8 @@ def _scan_code(code, globals_: dict, owner, reads: dict, seen: set, depth: int) 
     for name in names & globals_.keys():
         value = globals_[name]
         if isinstance(value, types.ModuleType):
+            if _is_user_module(value):  # ``config.SCALE`` where ``config`` is the user's module
+                _scan_object(value, names, reads, name, deep=False)
             continue
         _add(reads, globals_, name, value, f"global {name}")
         if isinstance(value, types.FunctionType) and depth < _MAX_DEPTH:
@@ -195,3 +202,9 @@ def _is_plain_object(value) -> bool:
 
 def _is_torch(code) -> bool:
     return code.co_filename.startswith(_TORCH_DIR)
+
+
+def _is_user_module(module) -> bool:
+    """A module of the user's (not torch's, not the standard library's or a builtin)."""
+    path = getattr(module, "__file__", None)
+    return bool(path) and not path.startswith((_TORCH_DIR, _STDLIB_DIR))

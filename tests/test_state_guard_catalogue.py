@@ -124,3 +124,35 @@ def test_unchanged_state_does_not_recapture():
     model.unread = 7     # not read by forward: no guard
     compiled(x)
     assert len(compiled.plans) == 1
+
+
+def test_attribute_of_a_user_module_is_guarded(tmp_path, monkeypatch):
+    (tmp_path / "user_settings.py").write_text("GAIN = 2.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import user_settings
+
+    def f(x):
+        return torch.sigmoid(x) * user_settings.GAIN
+    compiled = fusion.compile(f)
+    x = torch.randn(5, device=DEVICE)
+    torch.testing.assert_close(compiled(x), f(x))
+    user_settings.GAIN = -3.0
+    torch.testing.assert_close(compiled(x), f(x))
+
+
+def test_an_options_object_argument_is_read_at_every_call():
+    class Options:
+        scale = 2.0
+
+    def f(x, opts):
+        if opts.scale > 1:   # control flow on a Python value of an argument
+            return torch.sigmoid(x) * opts.scale
+        return x
+    opts = Options()
+    compiled = fusion.compile(f)
+    x = torch.randn(5, device=DEVICE)
+    torch.testing.assert_close(compiled(x, opts), f(x, opts))
+    opts.scale = 4.0         # the same object, another value
+    torch.testing.assert_close(compiled(x, opts), f(x, opts))
+    opts.scale = 0.5
+    torch.testing.assert_close(compiled(x, opts), f(x, opts))
