@@ -1,43 +1,41 @@
-"""Attention gating ``s = q @ k.T; s * sigmoid(s)`` and a large-K matmul with that epilogue.
+"""Attention gating ``s = q @ k.T; s * sigmoid(s)``: how close to the matmul alone, in what memory?
 
-Gating: M = N = 8192, K = 64, and a batched-heads shape; bf16, fp16, fp32;
-forward and forward+backward. Providers side by side: eager, torch.compile
-(default, max-autotune), ours (``fusion.compile`` of the gating function: as
-fast as whatever fusion makes of it) and the plain matmul ``q @ k.T`` (cuBLAS)
-as the ceiling. Each table gives milliseconds, ours' speedup over each
-provider, and ours' time relative to the plain matmul, with the targets.
+Providers: eager, torch.compile (``--max-autotune`` adds that mode: minutes of
+autotuning), ours (``fusion.compile``) and the product alone (cuBLAS), the ceiling: it
+moves the same bytes and does the same FLOPs.
 
-Large-K: ``s = a @ b; s * sigmoid(s)`` with 4096^3 bf16, in TFLOP/s
-(2 M N K / time) against cuBLAS's plain ``a @ b``.
+1. ``gating-*``: K = 64, one N x N head and 4 x 16 heads of 2048 x 2048; bf16 forward and
+   fwd+bwd, fp16 and fp32 forward (fp32 products in full fp32, torch's default). GB/s of
+   the least traffic (B heads, s bytes): forward reads q, k and writes the result,
+   B s (2 N K + N^2); fwd+bwd also reads q, k, dy and writes dq, dk: B s (6 N K + 2 N^2).
+   The N^2 output dominates: the work is memory-bound. TFLOP/s = GB/s x FLOPs / bytes,
+   with 2 B N^2 K FLOPs forward and 6 B N^2 K fwd+bwd (ours' recomputed s not counted).
+2. ``epilogue-tflops``: ``s = a @ b; s * sigmoid(s)``, M = N = 4096, bf16 forward, K large
+   enough to be compute-bound: TFLOP/s (2 M N K / time) against cuBLAS's ``a @ b``.
+3. ``training-peak-mb``: one bf16 training step of gating: GPU memory at its peak beyond the
+   inputs (MB).
 
-Matmul precision is each provider's default (fp32: torch keeps full fp32
-unless ``torch.backends.cuda.matmul.allow_tf32`` is set; the header says).
-GPU only; on a CPU it says so and stops (``--smoke``: tiny sizes, code check).
+Targets (H100): ours' forward time <= 1.10x the product's, >= 5x eager's speed, >= 2.5x
+torch.compile's, >= 1x max-autotune's; the epilogue >= 0.90x cuBLAS's TFLOP/s.
+Needs a CUDA GPU; ``--smoke`` checks the code on a CPU (tiny sizes, Triton's interpreter).
 
-    python benchmarks/gating.py [--quick] [--out DIR] [--budget SECONDS]
+    python benchmarks/gating.py [--out DIR] [--smoke] [--max-autotune]
 """
-from __future__ import annotations
+import sys
 
-import gc
-
-import common  # noqa: F401  (sets up the device before torch/triton/fusion)
+import common  # noqa: F401  (first: it decides TRITON_INTERPRET before triton is imported)
 import torch
+import triton
+import triton.testing
 
-from common import (DEVICE, DTYPES, GPU, TARGETS, Budget, Results, base_args, finish, forward_backward,
-                    make_providers, run_mode, training_step_peaks, try_bench)
+from common import DEVICE, DTYPES, SMOKE, bench, compiled, fwd_bwd, gating, gpu_lines, peak_mb
 
-SHAPES = {"8192x8192, K=64": (8192, 64), "4x16 heads x 2048x2048, K=64": (4, 16, 2048, 64)}
-SMOKE_SHAPES = {"256x256, K=64": (256, 64), "2x2 heads x 128x128, K=64": (2, 2, 128, 64)}
-LARGE_K = 4096
-PROVIDERS = ["eager", "torch.compile", "max-autotune", "ours"]
-
-
-def gating(q, k):
-    s = q @ k.transpose(-2, -1)
-    return s * torch.sigmoid(s)
+HEAD_DIM = 64  # K of the gating tables
+COMPILERS = gpu_lines(["eager", "torch.compile"] + (["max-autotune"] if "--max-autotune" in sys.argv else []))
+SHAPES = [(1, 128), (4, 64)] if SMOKE else [(1, 8192), (64, 2048)]  # (heads, N)
 
 
-def plain_matmul(q, k):
+def matmul(q, k):
     return q @ k.transpose(-2, -1)
 
 
@@ -46,146 +44,64 @@ def matmul_epilogue(a, b):
     return s * torch.sigmoid(s)
 
 
-def timed(fn, inputs: list, grad: bool, quick: bool):
-    """(ms, error) of fn forward, or forward+backward into every input."""
-    if grad:
-        dy = torch.randn_like(plain_matmul(*inputs).detach())
-        call = forward_backward(fn, inputs, inputs, dy)
-    else:
-        call = lambda: fn(*inputs)  # noqa: E731
-    ms, err = try_bench(call, quick)
-    return (ms[0] if ms else None), err
+def qk(heads: int, n: int, dtype: str, grad: bool) -> list[torch.Tensor]:
+    shape = (n, HEAD_DIM) if heads == 1 else (4, heads // 4, n, HEAD_DIM)
+    return [(torch.randn(shape, device=DEVICE, dtype=DTYPES[dtype]) / HEAD_DIM**0.25).requires_grad_(grad)
+            for _ in range(2)]
 
 
-def gating_config(shape: tuple, dtype, grad: bool, providers: list[str], quick: bool) -> dict:
-    """Milliseconds of every provider and of the plain matmul, for one configuration."""
-    inputs = [(torch.randn(shape, device=DEVICE, dtype=dtype) / shape[-1] ** 0.25).requires_grad_(grad)
-              for _ in range(2)]
-    got = {"matmul": timed(plain_matmul, inputs, grad, quick)}
-    for name, f in make_providers(gating, providers).items():
-        got[name] = timed(f, inputs, grad, quick)
-    del inputs
-    gc.collect()
-    if GPU:
-        torch.cuda.empty_cache()
-    return got
+@triton.testing.perf_report([
+    triton.testing.Benchmark(
+        x_names=["heads", "N"], x_vals=SHAPES, line_arg="provider", line_vals=["matmul", *COMPILERS, "ours"],
+        line_names=["matmul", *COMPILERS, "ours"], ylabel="GB/s", plot_name=f"gating-{d}-{p}",
+        args={"dtype": d, "passes": p})
+    for d, p in [("bf16", "fwd"), ("bf16", "fwd+bwd"), ("fp16", "fwd"), ("fp32", "fwd")]])
+def gating_gbps(heads, N, provider, dtype, passes):
+    grad = passes == "fwd+bwd"
+    q, k = qk(heads, N, dtype, grad)
+    f = matmul if provider == "matmul" else compiled(gating, provider, (dtype, passes))
+    ms = bench(fwd_bwd(f, [q, k], torch.randn(*q.shape[:-1], N, device=DEVICE, dtype=q.dtype)) if grad
+               else lambda: f(q, k))
+    nbytes = heads * q.element_size() * N * ((6 * HEAD_DIM + 2 * N) if grad else (2 * HEAD_DIM + N))
+    return tuple(nbytes * 1e-6 / m for m in ms)
 
 
-def ratio(a, b):
-    return a / b if a and b else None
+@triton.testing.perf_report(triton.testing.Benchmark(
+    x_names=["K"], x_vals=[32, 64] if SMOKE else [1024, 4096], line_arg="provider",
+    line_vals=["cuBLAS", *COMPILERS, "ours"], line_names=["cuBLAS", *COMPILERS, "ours"], ylabel="TFLOP/s",
+    plot_name="epilogue-tflops", args={"M": 64 if SMOKE else 4096}))
+def epilogue_tflops(K, provider, M):
+    a, b = [torch.randn(shape, device=DEVICE, dtype=torch.bfloat16) / K**0.25 for shape in [(M, K), (K, M)]]
+    f = torch.matmul if provider == "cuBLAS" else compiled(matmul_epilogue, provider, "epilogue")
+    return tuple(2 * M * M * K * 1e-9 / m for m in bench(lambda: f(a, b)))
 
 
-def run_gating(res: Results, label: str, shape: tuple, plan: dict, providers: list[str], budget: Budget,
-               quick: bool) -> list[dict]:
-    """One table per pass for ``shape``; ``plan[passes][dtype]`` lists the providers to run."""
-    panels = []
-    for passes, dtypes in plan.items():
-        grad = passes == "fwd+bwd"
-        cols = ["matmul"] + providers
-        rows, notes, series, xs = [], set(), {p: [] for p in cols}, []
-        for dname, provs in dtypes.items():
-            provs = [p for p in providers if p in provs]
-            if budget.spent():
-                rows.append([dname, "skipped: time budget"])
-                continue
-            got = gating_config(shape, DTYPES[dname], grad, provs, quick)
-            ours = got.get("ours", (None, ""))[0]
-            speed = {p: ratio(got[p][0], ours) for p in ("eager", "torch.compile", "max-autotune")
-                     if p in got}
-            rel = ratio(ours, got["matmul"][0])
-            rows.append([dname] + [got[p][0] if p in got else "not run" for p in cols]
-                        + [speed.get(p) for p in ("eager", "torch.compile", "max-autotune")] + [rel])
-            xs.append(dname)
-            for p in cols:
-                series[p].append(got[p][0] if p in got else None)
-            notes |= {f"{p}: {e}" for p, (_, e) in got.items() if e}
-            if not grad:
-                checks = [("gating fwd time / matmul", rel)] + [
-                    (f"gating fwd speedup vs {p}", speed.get(p))
-                    for p in ("eager", "torch.compile", "max-autotune")]
-                for key, value in checks:
-                    if value is not None:
-                        res.add_summary(key, f"{label} {dname}", f"{value:.2f}", TARGETS[key].check(value))
-        note = ("Speedup = provider time / ours (> 1: ours is faster); ours / matmul = ours' time over "
-                "q @ k.T alone. 'not run': skipped in --quick (max-autotune autotunes for minutes).")
-        if not grad:
-            note += (" Targets: ours / matmul " + TARGETS["gating fwd time / matmul"].text()
-                     + "; speedup vs eager " + TARGETS["gating fwd speedup vs eager"].text()
-                     + ", vs torch.compile " + TARGETS["gating fwd speedup vs torch.compile"].text()
-                     + ", vs max-autotune " + TARGETS["gating fwd speedup vs max-autotune"].text() + ".")
-        res.add_table(f"gating {label} {passes}: ms", ["dtype"] + [f"{c} ms" for c in cols]
-                      + ["vs eager", "vs torch.compile", "vs max-autotune", "ours / matmul"], rows,
-                      " ".join([note] + sorted(notes)))
-        panels.append({"title": f"gating {label} {passes}", "x": xs, "series": series, "xlabel": "dtype",
-                       "ylabel": "ms (lower is better)", "bars": True})
-    return panels
-
-
-def run_large_k(res: Results, n: int, providers: list[str], quick: bool):
-    """TFLOP/s of a 4096^3 bf16 matmul with the gating epilogue, against cuBLAS."""
-    a = torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16) / n ** 0.25
-    b = torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16) / n ** 0.25
-    flop = 2 * n ** 3
-    tflops = lambda ms: flop * 1e-12 / (ms * 1e-3) if ms else None  # noqa: E731
-    ms, err = try_bench(lambda: a @ b, quick)
-    got = {"cuBLAS a @ b": (tflops(ms and ms[0]), err)}
-    for name, f in make_providers(matmul_epilogue, providers).items():
-        ms, err = try_bench(lambda f=f: f(a, b), quick)
-        got[name] = (tflops(ms and ms[0]), err)
-    frac = ratio(got["ours"][0], got["cuBLAS a @ b"][0]) if "ours" in got else None
-    target = TARGETS["large-K epilogue / cuBLAS TFLOP/s"]
-    res.add_table(f"matmul {n}x{n}x{n} bf16 + s*sigmoid(s) epilogue: TFLOP/s",
-                  list(got) + ["ours / cuBLAS", f"target {target.text()}"],
-                  [[v for v, _ in got.values()] + [frac, target.check(frac).split(": ")[1]]],
-                  "; ".join(f"{p}: {e}" for p, (_, e) in got.items() if e))
-    res.add_summary("large-K epilogue TFLOP/s, ours / cuBLAS", f"{n}^3 bf16",
-                    f"{frac:.2f}" if frac else "-", target.check(frac))
-
-
-def peak_memory(res: Results, shape: tuple, label: str):
-    """Peak GPU memory of a bf16 forward+backward of gating, against eager."""
-    inputs = [torch.randn(shape, device=DEVICE, dtype=torch.bfloat16).requires_grad_() for _ in range(2)]
-    dy = torch.randn_like(plain_matmul(*inputs).detach())
-    mb = training_step_peaks(gating, inputs, dy)
-    rel = ratio(mb.get("ours"), mb.get("eager"))
-    res.add_table(f"gating {label} bf16 training step: peak GPU memory (MB)",
-                  ["eager", "torch.compile", "ours", "ours / eager"],
-                  [[mb.get("eager"), mb.get("torch.compile"), mb.get("ours"), rel]],
-                  "Memory allocated at the peak of forward+backward beyond the inputs.")
-    if rel is not None:
-        res.add_summary("training-step peak memory, ours / eager", f"gating {label} bf16", f"{rel:.2f}")
+@triton.testing.perf_report(triton.testing.Benchmark(
+    x_names=["N"], x_vals=[128] if SMOKE else [4096, 8192], line_arg="provider", line_vals=[*COMPILERS, "ours"],
+    line_names=[*COMPILERS, "ours"], ylabel="MB", plot_name="training-peak-mb", args={}))
+def training_peak_mb(N, provider):
+    q, k = qk(1, N, "bf16", True)
+    dy = torch.randn(N, N, device=DEVICE, dtype=torch.bfloat16)
+    return peak_mb(fwd_bwd(compiled(gating, provider, "peak"), [q, k], dy))
 
 
 def main():
-    args = base_args(__doc__.splitlines()[0], smoke=True).parse_args()
-    res = Results("gating", args.out)
-    everything = {d: PROVIDERS for d in ("bf16", "fp16", "fp32")}
-    mode = run_mode(res, args, "attention gating and large-K matmul timings")
-    if mode is None:
+    p = common.parser(__doc__)
+    p.add_argument("--max-autotune", action="store_true", help="also torch.compile(mode='max-autotune')")
+    args = p.parse_args()
+    if not common.start(args):
         return
-    if mode == "smoke":
-        plan = {label: {"forward": {"fp32": ["eager", "ours"]}, "fwd+bwd": {"fp32": ["eager", "ours"]}}
-                for label in SMOKE_SHAPES}
-        shapes, large_k, providers = SMOKE_SHAPES, 256, ["eager", "ours"]
-    elif args.quick:  # max-autotune (minutes of autotuning) only where a target names it: forward bf16
-        fast = ["eager", "torch.compile", "ours"]
-        first, second = SHAPES
-        plan = {first: {"forward": {"bf16": PROVIDERS, "fp16": fast, "fp32": fast}, "fwd+bwd": {"bf16": fast}},
-                second: {"forward": {"bf16": fast}, "fwd+bwd": {"bf16": fast}}}
-        shapes, large_k, providers = SHAPES, LARGE_K, PROVIDERS
-    else:
-        plan = {label: {"forward": everything, "fwd+bwd": everything} for label in SHAPES}
-        shapes, large_k, providers = SHAPES, LARGE_K, PROVIDERS
-    budget = Budget(args.budget)
-    panels = []
-    for i, (label, shape) in enumerate(shapes.items()):
-        panels += run_gating(res, label, shape, plan[label], providers, budget, args.quick)
-        if i == 0 and not budget.spent():  # before the batched shape: its target matters more
-            run_large_k(res, large_k, providers, args.quick)
-    if GPU and not budget.spent():
-        label, shape = next(iter(SHAPES.items()))
-        peak_memory(res, shape, label)
-    finish(res, args, "gating.png", "attention gating: ms (lower is better)", panels)
+    fwd = common.report(gating_gbps, args)[0].iloc[0]  # bf16 forward, one head
+    tflops, peak = common.report(epilogue_tflops, args).iloc[-1], common.report(training_peak_mb, args).iloc[-1]
+    n, k = SHAPES[0][1], HEAD_DIM
+    flop_per_byte = n * k / (2 * k + n)  # bf16: 2 N^2 K / (2 (2 N K + N^2))
+    common.headline(f"gating bf16 fwd N={n}, ours' speed / provider's (target matmul >= 0.91, eager >= 5, "
+                    "torch.compile >= 2.5, max-autotune >= 1); ours' TFLOP/s",
+                    {p: fwd["ours (GB/s)"] / fwd[f"{p} (GB/s)"] for p in ["matmul", *COMPILERS]}
+                    | {"TFLOP/s": fwd["ours (GB/s)"] * flop_per_byte / 1e3})
+    common.headline(f"ours / cuBLAS TFLOP/s at K={tflops['K']:.0f} (target >= 0.9); ours / eager peak MB of a "
+                    f"training step at N={peak['N']:.0f}", {"TFLOP/s": tflops["ours (TFLOP/s)"] / tflops[
+                        "cuBLAS (TFLOP/s)"], "peak MB": peak["ours (MB)"] / peak["eager (MB)"]})
 
 
 if __name__ == "__main__":

@@ -1,118 +1,58 @@
-"""Per-call host overhead on tiny inputs (microseconds per call) against eager and torch.compile.
+"""Host overhead: how long does one call take when the work itself is negligible?
 
-Tiny inputs make the device work negligible, so the time per call is what the
-framework costs on the host: guards, argument checks, allocation, launch. Calls
-run back to back and the device is synchronised once per batch (what a training
-loop sees). Providers: eager, torch.compile (default; on a GPU also
-reduce-overhead, i.e. CUDA graphs) and ours.
+Microseconds per call on tiny inputs, for eager, torch.compile (on a GPU also
+``mode="reduce-overhead"``: CUDA graphs) and ours: what each costs on the host (guards,
+argument checks, allocation, launch). Calls run back to back in batches of about 0.1 s with
+one synchronisation per batch, as a training loop runs them; the figure is the median of 5
+batches by the wall clock (``time.perf_counter``: ``do_bench`` would time the GPU, not the
+host). Meaningful on a CPU too: there "ours" is the default CPU path (no Triton: each
+group's torch reference) and torch.compile runs Inductor's C++ code.
 
-On a CPU the figures are the CPU path's own overhead: "ours (eager refs)" is
-the default CPU path (no Triton: the plan runs each group's torch reference),
-torch.compile runs Inductor's C++ code. "ours (interpreter)" is listed for
-completeness: it runs the kernels in Triton's interpreter and is not an
-overhead figure.
-
-    python benchmarks/overhead.py [--quick] [--out DIR]
+    python benchmarks/overhead.py [--out DIR]
 """
-from __future__ import annotations
-
-import os
+import statistics
 import time
 
-import common  # noqa: F401  (sets up the device before torch/triton/fusion)
+import common  # noqa: F401  (first: it decides TRITON_INTERPRET before triton is imported)
 import torch
+import torch.nn.functional as F
+import triton
+import triton.testing
 
-from common import DEVICE, GPU, Results, base_args, make_providers, sync
+from common import DEVICE, GPU, compiled, gate, gating
 
-
-def gate(x, g, b):
-    return x * torch.sigmoid(g) + b
-
-
-def gating(q, k):
-    s = q @ k.transpose(-2, -1)
-    return s * torch.sigmoid(s)
+LINES = ["eager", "torch.compile"] + (["reduce-overhead"] if GPU else []) + ["ours"]
+WORKLOADS = {"silu, 32": (F.silu, [(32,)]), "x*sigmoid(g)+b, 8x8": (gate, [(8, 8), (8, 8), (8,)]),
+             "gating, 16x16 K=16": (gating, [(16, 16), (16, 16)])}
 
 
-def silu(x):
-    return torch.nn.functional.silu(x)
+@triton.testing.perf_report(triton.testing.Benchmark(
+    x_names=["workload"], x_vals=list(WORKLOADS), line_arg="provider", line_vals=LINES, line_names=LINES,
+    ylabel="us per call", plot_name="overhead", args={}))
+def overhead(workload, provider):
+    fn, shapes = WORKLOADS[workload]
+    f = compiled(fn, provider, workload)
+    inputs = [torch.randn(s, device=DEVICE) for s in shapes]
+    sync = torch.cuda.synchronize if GPU else (lambda: None)
 
-
-def workloads():
-    r = lambda *s: torch.randn(*s, device=DEVICE)  # noqa: E731
-    return {"silu, 32": (silu, [r(32)]),
-            "x*sigmoid(g)+b, 8x8": (gate, [r(8, 8), r(8, 8), r(8)]),
-            "gating, 16x16 K=16": (gating, [r(16, 16), r(16, 16)])}
-
-
-def per_call_us(fn, seconds: float) -> float:
-    """Median over batches of (batch time / calls), batches sized to ~seconds/5."""
-    for _ in range(3):
-        fn()
-    sync()
-    t = time.perf_counter()
-    fn()
-    sync()
-    n = max(1, min(5000, int(seconds / 5 / max(time.perf_counter() - t, 1e-6))))
-    per = []
-    for _ in range(5):
+    def batch(calls: int) -> float:  # us per call
         t = time.perf_counter()
-        for _ in range(n):
-            fn()
+        for _ in range(calls):
+            f(*inputs)
         sync()
-        per.append((time.perf_counter() - t) / n * 1e6)
-    return sorted(per)[len(per) // 2]
-
-
-def ours_in_mode(fn, interpret: str):
-    """fusion.compile(fn), its plan built with TRITON_INTERPRET=interpret (CPU only)."""
-    import fusion
-    compiled = fusion.compile(fn)
-    first = [True]
-
-    def call(*args):
-        if first[0]:
-            old = os.environ.get("TRITON_INTERPRET")
-            os.environ["TRITON_INTERPRET"] = interpret
-            try:
-                return compiled(*args)
-            finally:
-                os.environ["TRITON_INTERPRET"] = old
-                first[0] = False
-        return compiled(*args)
-    return call
+        return (time.perf_counter() - t) / calls * 1e6
+    batch(3)  # compiles and warms up
+    calls = max(1, min(10_000, int(0.1e6 / batch(3))))  # batches of about 0.1 s
+    return statistics.median(batch(calls) for _ in range(5))
 
 
 def main():
-    args = base_args(__doc__.splitlines()[0]).parse_args()
-    res = Results("overhead", args.out)
-    seconds = 0.5 if args.quick else 1.5
-    names = ["eager", "torch.compile"] + (["reduce-overhead", "ours"] if GPU else [])
-    if not GPU:
-        names += ["ours (eager refs)", "ours (interpreter)"]
-    rows = []
-    for label, (fn, inputs) in workloads().items():
-        provs = make_providers(fn, names)
-        if not GPU:
-            provs["ours (eager refs)"] = ours_in_mode(fn, "0")
-            provs["ours (interpreter)"] = ours_in_mode(fn, "1")
-        row = [label]
-        for name in names:
-            try:
-                row.append(per_call_us(lambda f=provs[name]: f(*inputs), seconds))
-            except Exception as e:  # noqa: BLE001
-                row.append(f"error: {type(e).__name__}")
-        rows.append(row)
-        ours = "ours" if GPU else "ours (eager refs)"
-        us = dict(zip(names, row[1:]))
-        if isinstance(us[ours], float):
-            res.add_summary("host overhead per call, us", f"{label}: {ours}", f"{us[ours]:.1f}",
-                            f"eager {us['eager']:.1f}, torch.compile {common.fmt(us['torch.compile'])}")
-    where = "GPU (back-to-back calls, one sync per batch)" if GPU else "CPU"
-    res.add_table(f"per-call overhead on tiny inputs, {where}: microseconds per call", ["workload"] + names,
-                  rows, "" if GPU else "ours (interpreter) runs the kernels in Triton's interpreter: "
-                  "not an overhead figure, shown for completeness.")
-    res.save()
+    args = common.parser(__doc__, smoke=False).parse_args()
+    common.start(args, needs_gpu=False)
+    df = common.report(overhead, args)
+    print("headline: us per call, ours (eager, torch.compile): " + ", ".join(
+        f"{w.split(',')[0]} {r['ours (us per call)']:.3g} ({r['eager (us per call)']:.3g}, "
+        f"{r['torch.compile (us per call)']:.3g})" for w, r in zip(WORKLOADS, df.to_dict("records"))))
 
 
 if __name__ == "__main__":
