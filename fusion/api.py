@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
@@ -56,7 +56,8 @@ class SignatureEntry:
     traced: Traced
     root: object                       # where parameters and written-back attributes live
     functional: object | None = None   # ir.functionalize.Functionalized, when it wrote anything
-    hot: object = None                 # its hot path (fusion.hot_path), False where none applies
+    hot: dict = field(default_factory=dict)  # positional arguments given -> its hot path
+                                             # (fusion.hot_path), False where none applies
 
 
 class CompiledModule(torch.nn.Module):
@@ -185,6 +186,7 @@ class CompiledModule(torch.nn.Module):
             self._warn_once("functorch", "fusion: calls inside torch.func transforms (vmap, grad, "
                             "jacrev) run eagerly: generated kernels cannot read batched tensors.")
             return self._orig(*args, **kwargs)
+        given = -1 if kwargs else len(args)   # positional arguments as passed (the hot path's)
         args = self._binder.bind(args, kwargs)
         key = signature_key(self.training, args)
         entry = self._entries.get(key)
@@ -199,9 +201,9 @@ class CompiledModule(torch.nn.Module):
             self._entries[key] = entry
             params = entry.guards.values()
         self._last_key = key
-        if entry.hot is None and len(args) == self._binder.n_positional:
-            entry.hot = make_hot(self, entry, args) or False
-        self.__dict__["_hot"] = entry.hot or None
+        if given >= 0 and given not in entry.hot:
+            entry.hot[given] = make_hot(self, entry, args, given) or False
+        self.__dict__["_hot"] = entry.hot.get(given) or None
         try:
             return self._run(entry, args, params)
         except ProbedTypeMismatch as e:  # nothing was written yet: eager gives the answer

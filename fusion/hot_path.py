@@ -43,9 +43,10 @@ def hooks_set(module) -> bool:
                 or module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks)
 
 
-def make_hot(compiled, entry, args: tuple):
-    """The hot function of ``entry`` for calls like ``args`` (bound, positional), or None
-    when the signature does not qualify."""
+def make_hot(compiled, entry, args: tuple, given: int):
+    """The hot function of ``entry`` for calls passing the first ``given`` of ``args``
+    (the bound arguments) positionally, the rest being defaults; None when the signature
+    does not qualify."""
     if entry.functional is not None or not all(isinstance(a, torch.Tensor) or type(a) in _PLAIN
                                                for a in args):
         return None
@@ -53,16 +54,21 @@ def make_hot(compiled, entry, args: tuple):
              "grad_enabled": torch.is_grad_enabled, "default_dtype": torch.get_default_dtype,
              "autocast_on": torch._C._is_any_autocast_enabled,
              "transforms_on": torch._C._are_functorch_transforms_active,
-             "dtype": torch.get_default_dtype(), "owner": compiled, "root": compiled.original}
+             "dtype": torch.get_default_dtype(), "owner": vars(compiled), "root": compiled.original}
     names = [f"a{k}" for k in range(len(args))]
-    lines = ["def hot(args):", f"    if len(args) != {len(args)}:", "        return MISS",
-             f"    {', '.join(names)}, = args" if names else "    pass"]
-    training = "root.training" if isinstance(compiled.original, torch.nn.Module) else "owner.training"
+    lines = ["def hot(args):", f"    if len(args) != {given}:", "        return MISS",
+             f"    {', '.join(names[:given])}, = args" if given else "    pass"]
+    for k in range(given, len(args)):  # defaults: the values bound last time, fixed
+        scope[f"default{k}"] = args[k]
+        lines.append(f"    a{k} = default{k}")
+    # a module's mode is its own; a function's is the compiled module's (set by .train()/.eval())
+    training = ("root.training" if isinstance(compiled.original, torch.nn.Module)
+                else "owner.get('_training', True)")
     lines += [f"    if (grad_enabled() is not {torch.is_grad_enabled()} or default_dtype() is not dtype"
               f" or {training} is not {compiled.training} or autocast_on()"
               " or transforms_on()):", "        return MISS"]
     tensors = [n for n, a in zip(names, args) if isinstance(a, torch.Tensor)]
-    for k, (n, a) in enumerate(zip(names, args)):
+    for k, (n, a) in enumerate(zip(names[:given], args)):
         if not isinstance(a, torch.Tensor):
             scope[f"arg{k}"] = a
             lines += [f"    if {n} is not arg{k} and not (type({n}) is type(arg{k}) and {n} == arg{k}):",

@@ -82,7 +82,8 @@ def plan_source(plan: Plan) -> tuple[str, dict]:
                 scope.update({f"node{i.id}": i for i in n.operands()})
                 lines.append(f"    {_var(n, name)} = eval_node(node{n.id}, {{{env}}})  # {format_node(n)}")
             else:
-                scope[f"eager{n.id}"] = functools.partial(OPS[n.op].eager, **n.attrs)
+                eager = OPS[n.op].eager
+                scope[f"eager{n.id}"] = functools.partial(eager, **n.attrs) if n.attrs else eager
                 args = []
                 for i in n.inputs:
                     if isinstance(i, Node):
