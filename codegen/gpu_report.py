@@ -5,20 +5,26 @@ and a cubin for an H100 (or sm_80 for an A100) on a machine without a GPU.
 Pointer arguments get the divisibility-16 attribute the JIT infers for
 aligned tensors, integer arguments too where their example value is a
 multiple of 16, so the PTX is what the GPU would run. ``cuobjdump``, shipped
-with Triton, reads registers, spills (local memory) and shared memory back.
+with Triton, reads registers, spills and shared memory back, and disassembles
+the SASS that ``codegen.sass_cost`` counts.
+
+Spills: ptxas puts spilled registers in the thread's stack frame, which
+cuobjdump reports as ``STACK`` (ptxas -v: "N bytes stack frame, M bytes spill
+stores"); its ``LOCAL`` field stays 0 when a kernel spills, so it is not read.
 """
 from __future__ import annotations
 
 import os
 import re
-import subprocess
-import tempfile
+import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from codegen.cache import import_file
+from codegen.sass_cost import KernelCost, SassCounts, count, cuobjdump, disassemble, kernel_cost
 from codegen.triton_compat import gpu_compile_scope
 
 ARCHS = {"sm_90": 90, "sm_80": 80}
@@ -32,12 +38,24 @@ class GpuCompileReport:
     arch: str
     ptx: str
     registers: int
-    spills: int          # bytes of local memory per thread (0: nothing spills)
+    spills: int          # stack-frame bytes per thread, where ptxas puts spills (0: none)
     shared_bytes: int
+    sass: str = ""       # cuobjdump -sass of the cubin
+    num_warps: int = 4
+    compile_cpu_s: float = 0.0  # CPU seconds triton.compile took (process and ptxas): a GPU pays it too
 
     def count(self, instruction: str) -> int:
         """How many PTX lines contain ``instruction`` (e.g. ``ld.global.v4``)."""
         return sum(1 for line in self.ptx.splitlines() if instruction in line)
+
+    def sass_counts(self, trips: int = 1) -> SassCounts:
+        """Instructions a thread runs by class (a loop body ``trips`` times)."""
+        return count(self.sass, trips)
+
+    def cost(self, elements_per_thread: float, trips: int = 1) -> KernelCost:
+        """The static cost per element (``codegen.sass_cost``)."""
+        return kernel_cost(self.sass, self.registers, self.spills, self.shared_bytes, self.num_warps,
+                           elements_per_thread, trips)
 
 
 def compile_for(path: str, name: str, example: list, arch: str = "sm_90",
@@ -51,6 +69,17 @@ def compile_for(path: str, name: str, example: list, arch: str = "sm_90",
     for an integer the JIT compiles in; ``constexprs`` the compile-time
     arguments.
     """
+    key = (path, name, repr(example), arch, repr(constexprs), num_warps, num_stages)
+    if key not in _compiled:
+        _compiled[key] = _compile(path, name, example, arch, constexprs, num_warps, num_stages)
+    return _compiled[key]
+
+
+# compiled reports by everything that decides them (the path holds the source's hash)
+_compiled: dict[tuple, GpuCompileReport] = {}
+
+
+def _compile(path, name, example, arch, constexprs, num_warps, num_stages) -> GpuCompileReport:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -78,10 +107,21 @@ def compile_for(path: str, name: str, example: list, arch: str = "sm_90",
     if num_stages is not None:
         options["num_stages"] = num_stages
     with gpu_compile_scope():
+        start = cpu_seconds()
         compiled = triton.compile(src, target=GPUTarget("cuda", ARCHS[arch], 32), options=options)
-    regs, local, shared = _resource_usage(compiled.asm["cubin"])
-    return GpuCompileReport(arch, compiled.asm["ptx"], regs, local,
-                            max(shared, int(getattr(compiled.metadata, "shared", 0) or 0)))
+        spent = cpu_seconds() - start
+    cubin = compiled.asm["cubin"]
+    regs, stack, shared = _resource_usage(cubin)
+    return GpuCompileReport(arch, compiled.asm["ptx"], regs, stack,
+                            max(shared, int(getattr(compiled.metadata, "shared", 0) or 0)),
+                            disassemble(cubin), num_warps, spent)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (ptxas): unlike wall time, it
+    does not grow with other work on a shared machine."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def _load_jit(path: Path, name: str):
@@ -99,16 +139,10 @@ def _load_jit(path: Path, name: str):
 
 
 def _resource_usage(cubin: bytes) -> tuple[int, int, int]:
-    import triton
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-    try:
-        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True,
-                             text=True, check=True).stdout
-    finally:
-        os.unlink(f.name)
+    """(registers, stack-frame bytes, shared bytes) per ``cuobjdump --dump-resource-usage``."""
+    out = cuobjdump(cubin, "--dump-resource-usage")
+
     def field(key):
         m = re.search(rf"{key}:(\d+)", out)
         return int(m.group(1)) if m else 0
-    return field("REG"), field("LOCAL"), field("SHARED")
+    return field("REG"), field("STACK"), field("SHARED")

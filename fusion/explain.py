@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.utils._pytree as pytree
 
+from codegen.matmul import emit_matmul
+from codegen.pointwise import emit_pointwise
 from fusion.api import CompiledModule
 from fusion.api import compile as compile_model
 from fusion.matmul_tiles import interpreter_config
@@ -119,7 +121,9 @@ def kernel_reports(kernel) -> list[KernelReport]:
         out.append(KernelReport(
             v.emitted.name, "pointwise", v.emitted.source, v.path,
             [format_value(i) for i in g.inputs], [f"%{o.id}: {o.type_str()}" for o in g.outputs],
-            read, written, eager, v.example, {"BLOCK_SIZE": 1024}))
+            read, written, eager, v.example, {"BLOCK_SIZE": 1024}, elements=kernel.n,
+            moved=_moved(list(g.inputs) + list(g.outputs)),
+            reference_source=emit_pointwise(v.spec, reference=True).source if v.spec else ""))
     return out
 
 
@@ -132,14 +136,22 @@ def matmul_report(kernel, v) -> KernelReport:
     eager = sum(sum(_nbytes(i) for i in n.operands()) + _nbytes(n) for n in g.nodes)
     flops = 2 * anchor.numel * kernel.K + anchor.numel * len(kernel.epilogue)
     cpu = interpreter_config(anchor.shape[-2], anchor.shape[-1], kernel.K)
-    config = f"{v.config} on a GPU (autotuned over {len(v.candidates)}); interpreter: " \
-             f"BLOCK {cpu.BLOCK_M}x{cpu.BLOCK_N}x{cpu.BLOCK_K}"
+    config = f"{v.config} on a GPU (the first of {len(v.candidates)} candidates that does not spill); " \
+             f"interpreter: BLOCK {cpu.BLOCK_M}x{cpu.BLOCK_N}x{cpu.BLOCK_K}"
+    reference = emit_matmul(v.spec, kernel.a, kernel.b, kernel.b_transposed, reference=True) if v.spec else None
     return KernelReport(
         v.emitted.name, "matmul", v.emitted.source, v.path,
         [format_value(i) for i in g.inputs], [f"%{o.id}: {o.type_str()}" for o in v.outputs],
         sum(_nbytes(i) for i in g.inputs), written, eager, v.example, dict(v.config.constexprs),
-        flops=flops, config=config, _num_warps=v.config.num_warps, _num_stages=v.config.num_stages)
+        flops=flops, config=config, _num_warps=v.config.num_warps, _num_stages=v.config.num_stages,
+        elements=anchor.numel, moved=_moved(list(g.inputs) + list(v.outputs)), K=kernel.K,
+        candidates=tuple(v.candidates),
+        reference_source=reference.source if reference else "")
 
 
 def _nbytes(n) -> int:
     return n.numel * n.dtype.itemsize if n.dtype is not None else 0
+
+
+def _moved(values) -> tuple:
+    return tuple((n.numel, n.dtype.itemsize) for n in values if n.dtype is not None)

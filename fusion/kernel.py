@@ -32,6 +32,7 @@ class Variant:
     fn: object
     layout: Layout
     example: list  # per kernel argument ("ptr", dtype) or ("int", value), for compile_for
+    spec: PointwiseSpec | None = None  # what it was emitted from (explain emits its reference)
 
     @property
     def path(self) -> str:
@@ -147,7 +148,7 @@ class PointwiseKernel(FusedKernel):
         example += [("ptr", _partial_dtype(o) if _is_reduction(o) else o.dtype) for o in g.outputs]
         n = numel(layout.sizes)
         example += [("int", s) for s in layout.sizes[1:]] + [("int", n)]
-        return Variant(emitted, fn, layout, example)
+        return Variant(emitted, fn, layout, example, spec)
 
 
 def _is_reduction(node) -> bool:

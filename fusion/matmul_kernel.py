@@ -4,7 +4,9 @@ One ``MatmulKernel`` per group of kind "matmul" (a matmul node and the
 pointwise ops it feeds, see ``fusion.partition``). Each call views A, B and
 the epilogue inputs through their strides (``fusion.matmul_layout``), emits
 and caches one source per distinct layout, and launches a grid of
-``(tiles, batch)`` programs: autotuned on a GPU, one config in the interpreter.
+``(tiles, batch)`` programs: on a GPU the first tile config of its candidates that
+does not spill (autotuned over those with ``FUSION_AUTOTUNE=1``), one config in the
+interpreter.
 
 The plan builder chooses per group between saving the matmul result for the
 backward and recomputing it there (``recompute_in_backward``); the kernel
@@ -12,6 +14,8 @@ offers the result in ``keep_for_backward`` and writes it when asked to.
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +25,7 @@ from codegen.layouts import EpilogueLayout
 from codegen.matmul import MatmulEmitted, MatmulSpec, emit_matmul
 from fusion.kernel import FusedKernel, log_source
 from fusion.matmul_layout import MatmulLayout, plan_matmul_layout
-from fusion.matmul_tiles import TileConfig, gpu_candidates, interpreter_config
+from fusion.matmul_tiles import TileConfig, gpu_candidates, interpreter_config, without_spills
 from fusion.modes import Mode
 from ir.interpret import eval_node
 from ir.ops import OPS, OpKind
@@ -49,10 +53,11 @@ class MatmulVariant:
     emitted: MatmulEmitted
     fn: object
     config: TileConfig       # the heuristic's pick for a GPU (explain, compile_for)
-    candidates: list         # what autotuning tries on a GPU
+    candidates: list         # what a GPU may run: the pick first (autotuning tries them all)
     example: list            # per argument ("ptr", dtype) / ("int", v) / ("const", 1)
     outputs: tuple = ()      # the values written: the group's outputs, then any kept ones
-    tuned: object = None     # triton.autotune wrapper, built on first GPU launch
+    tuned: tuple | None = None  # (kernel, launch kwargs) on a GPU, chosen at its first launch
+    spec: MatmulSpec | None = None  # what it was emitted from (explain emits its reference)
 
     @property
     def path(self) -> str:
@@ -114,10 +119,11 @@ class MatmulKernel(FusedKernel):
         M, N = layout.M, layout.N
         if self.mode == Mode.TRITON:
             if variant.tuned is None:
-                variant.tuned = _autotuned(variant)
+                variant.tuned = gpu_kernel(variant, args)
+            fn, config = variant.tuned
             grid = lambda meta: (triton_cdiv(M, meta["BLOCK_M"]) * triton_cdiv(N, meta["BLOCK_N"]),
                                  layout.batch_count)
-            self.launch(variant.tuned, grid, args)
+            self.launch(fn, grid, args, **config)
         else:
             cfg = interpreter_config(M, N, layout.K)
             grid = (triton_cdiv(M, cfg.BLOCK_M) * triton_cdiv(N, cfg.BLOCK_N), layout.batch_count)
@@ -159,13 +165,18 @@ class MatmulKernel(FusedKernel):
         emitted = emit_matmul(spec, self.a, self.b, self.b_transposed)
         log_source(self.role, emitted.name, emitted.source)
         fn = load_kernel(emitted.name, emitted.source)
-        heavy = epilogue_weight(self.epilogue, layout.kinds) > 3
+        heavy = epilogue_weight(self.epilogue, layout.kinds) > LIGHT_EPILOGUE
         candidates = gpu_candidates(layout.M, layout.N, layout.K, self.a.dtype, precision, heavy)
         # the arguments' types and values as compile_for needs them: dtypes stand for tensors
         values = _arguments(emitted.bases, layout, self.a.dtype, self.b.dtype,
                             [i.dtype for i in self.epilogue_inputs], [o.dtype for o in outputs])
         example = [_example(values[n]) for n in emitted.arg_names]
-        return MatmulVariant(emitted, fn, candidates[0], candidates, example, tuple(outputs))
+        return MatmulVariant(emitted, fn, candidates[0], candidates, example, tuple(outputs), spec=spec)
+
+
+# The heaviest epilogue that may take tiles of 128 values a thread: s * sigmoid(s) (weight 4)
+# fits them without spilling; the gating backward (11) does not (fusion.matmul_tiles).
+LIGHT_EPILOGUE = 4
 
 
 def epilogue_weight(epilogue: list, kinds: tuple) -> int:
@@ -199,9 +210,48 @@ def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
+def autotune_enabled() -> bool:
+    """``FUSION_AUTOTUNE=1``: autotune over the candidates. Off by default: each candidate
+    is a Triton compile (about a second) on the first call, and the pick is modelled at the
+    write floor (tests/test_kernel_cost.py)."""
+    return os.environ.get("FUSION_AUTOTUNE", "") == "1"
+
+
+def gpu_kernel(variant: MatmulVariant, args: list) -> tuple:
+    """(kernel, launch kwargs) for a GPU: the first candidate that does not spill on this
+    card, or the autotuner over all that do not (``FUSION_AUTOTUNE=1``)."""
+    if autotune_enabled():
+        return _autotuned(variant), {}
+    pick = without_spills(variant.candidates, lambda c: _gpu_spills(variant.fn, args, c.launch_kwargs),
+                          keep=1)
+    return variant.fn, pick[0].launch_kwargs
+
+
 def _autotuned(variant: MatmulVariant):
-    """Wrap the kernel in ``triton.autotune`` over the variant's candidates (GPU only)."""
+    """``triton.autotune`` over the variant's candidates, pruned of those that spill."""
     import triton
     configs = [triton.Config(c.constexprs, num_warps=c.num_warps, num_stages=c.num_stages)
                for c in variant.candidates]
-    return triton.autotune(configs=configs, key=["M", "N", "K"])(variant.fn)
+    return triton.autotune(configs=configs, key=["M", "N", "K"],
+                           prune_configs_by={"early_config_prune": spill_prune(variant)})(variant.fn)
+
+
+def spill_prune(variant: MatmulVariant):
+    """An ``early_config_prune`` for ``triton.autotune``: keeps the configs that do not spill."""
+    def prune(configs, named_args, **kwargs):
+        args = [named_args[n] for n in variant.emitted.arg_names]
+        return without_spills(configs, lambda c: _gpu_spills(
+            variant.fn, args, {**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}))
+    return prune
+
+
+def _gpu_spills(fn, args: list, launch_kwargs: dict) -> float:
+    """Registers Triton says ``fn`` spills when compiled for this GPU with ``launch_kwargs``
+    (``n_spills``, read once the cubin is loaded; infinite when it cannot load, e.g. more
+    shared memory than the card has). The compile stays in Triton's cache for the launch."""
+    try:
+        kernel = fn.warmup(*args, grid=(1,), **launch_kwargs)
+        kernel._init_handles()  # loads the cubin: n_regs and n_spills are set there (Triton 3.6, 3.9)
+    except Exception:  # noqa: BLE001  out of resources: never the pick; a real error shows at launch
+        return math.inf
+    return kernel.n_spills

@@ -1,9 +1,11 @@
 """Tile configurations for matmul-epilogue kernels: a heuristic table by dtype and shape.
 
-On a GPU the kernel is autotuned (``triton.autotune``, keyed by M, N, K) over
-the few candidates the table gives for its dtype and shape; the first
-candidate is the heuristic's own pick, the one ``explain`` reports and
-``compile_for`` compiles. Triton's interpreter cannot autotune: on CPU one
+On a GPU the kernel runs the heuristic's pick, the first of the few candidates
+the table gives for its dtype, shape and epilogue, or the first of them that
+does not spill (Triton reports spills once it compiles for the card); with
+``FUSION_AUTOTUNE=1`` it is autotuned (``triton.autotune``, keyed by M, N, K)
+over the candidates that do not spill. The pick is what ``explain`` reports
+and ``compile_for`` compiles. Triton's interpreter cannot autotune: on CPU one
 config is used, with tiles as large as the problem (up to 128) because the
 interpreter pays per program, not per element.
 """
@@ -28,28 +30,39 @@ class TileConfig:
         return {"BLOCK_M": self.BLOCK_M, "BLOCK_N": self.BLOCK_N, "BLOCK_K": self.BLOCK_K,
                 "GROUP_M": self.GROUP_M}
 
+    @property
+    def launch_kwargs(self) -> dict:
+        """The keyword arguments of a launch (or a ``warmup``) with this config."""
+        return {**self.constexprs, "num_warps": self.num_warps, "num_stages": self.num_stages}
+
     def __str__(self) -> str:
         return (f"BLOCK {self.BLOCK_M}x{self.BLOCK_N}x{self.BLOCK_K}, GROUP_M {self.GROUP_M}, "
                 f"{self.num_warps} warps, {self.num_stages} stages")
 
 
-# Candidates per dtype, best first for large problems (registers a thread, checked
-# with compile_for on the attention-gating kernels: see tests/test_matmul_ptx.py).
-# Half types and tf32 feed tensor cores (wgmma on sm_90, mma.sync on sm_80); 128x128
-# tiles use 8 warps: 64 accumulator values a thread, 128-180 registers for a light
-# epilogue. A heavy one (a backward's gradient chain) reached 255 on sm_80 there, so
-# heavy epilogues keep to 32 values a thread (128x64 on 8 warps: 128 registers).
-# fp32 without tf32 runs on FMA units, whose 128-wide tiles reach 254 registers:
-# 64x64. fp64 uses mma.sync (DMMA) on both archs; 64x64 reaches 252: 32x32 first.
+# Candidates per dtype, the pick first. Half types and tf32 feed tensor cores (wgmma on
+# sm_90, mma.sync on sm_80); the epilogue runs on 4 column chunks of the accumulator
+# (codegen.matmul.EPILOGUE_CHUNKS). Checked with compile_for on sm_90 (Triton 3.9,
+# tests/test_kernel_cost.py) on attention gating, 8192^2 x 64 bf16: 128x64 on 4 warps holds
+# 64 accumulator values a thread; our sigmoid epilogue fits it in 141 registers forward and
+# 234 backward (2-3 blocks per SM, no spill), and the tutorial's tl.sigmoid epilogue at that
+# tile is modelled at 92% of the output-write floor forward, 99% backward (issue-bound: the
+# grouped ordering and addressing cost about 4 instructions per output at 64 values a
+# thread). 128x128 on 4 warps (128 values) spilled 792 bytes with the backward's epilogue.
+# fp32 without tf32 runs on FMA units: 64x64 (128 and 158 registers, no spill). fp64 uses
+# mma.sync (DMMA) on both archs: 32x32 first.
 _TABLE = {
-    "half": [TileConfig(128, 128, 64, 8, 8, 3), TileConfig(128, 256, 64, 8, 8, 3),
-             TileConfig(128, 64, 64, 8, 8, 3), TileConfig(128, 64, 64, 8, 4, 4),
-             TileConfig(64, 64, 64, 8, 4, 4)],
-    "tf32": [TileConfig(128, 128, 32, 8, 8, 3), TileConfig(128, 64, 32, 8, 8, 3),
-             TileConfig(128, 64, 32, 8, 4, 4), TileConfig(64, 64, 32, 8, 4, 4)],
+    "half": [TileConfig(128, 64, 64, 8, 4, 3), TileConfig(128, 128, 64, 8, 8, 3),
+             TileConfig(128, 128, 64, 8, 4, 3), TileConfig(64, 64, 64, 8, 4, 4),
+             TileConfig(128, 256, 64, 8, 8, 3)],
+    "tf32": [TileConfig(128, 128, 32, 8, 8, 3), TileConfig(128, 64, 32, 8, 4, 3),
+             TileConfig(128, 64, 32, 8, 8, 3), TileConfig(64, 64, 32, 8, 4, 4)],
     "fp32": [TileConfig(64, 64, 32, 8, 4, 3), TileConfig(64, 32, 32, 8, 4, 3)],
     "fp64": [TileConfig(32, 32, 16, 8, 4, 3), TileConfig(64, 64, 16, 8, 8, 3)],
 }
+# Accumulator values a thread may hold: a heavy epilogue (a backward's gradient chain) at
+# 128 values spilled (above); at 64 it did not. Light epilogues may take 128.
+MAX_VALUES = {False: 128, True: 64}
 
 
 def _family(dtype: torch.dtype, precision: str) -> str:
@@ -60,24 +73,41 @@ def _family(dtype: torch.dtype, precision: str) -> str:
     return "fp64"
 
 
+def values_per_thread(c: TileConfig) -> int:
+    """Accumulator elements each thread holds (and runs the epilogue on)."""
+    return c.BLOCK_M * c.BLOCK_N // (32 * c.num_warps)
+
+
 def gpu_candidates(M: int, N: int, K: int, dtype: torch.dtype, precision: str,
                    heavy_epilogue: bool) -> list[TileConfig]:
-    """The configs autotuning tries, the heuristic's pick first.
+    """The configs a GPU may run, the heuristic's pick first.
 
     Tiles much larger than the problem only add masked work: a candidate is
     kept when its tile fits in the next power of two of M and N (or 32); when
-    none does, the table's smallest is used. For a heavy epilogue (several ops,
-    helper calls such as sigmoid, full-tile inputs) the pick is the first tile
-    of at most 32 values a thread, since each value the epilogue holds costs
-    that many registers; autotuning still tries the larger ones (a spill there
-    only costs time, and the autotuner measures it).
+    none does, the table's smallest is used. A heavy epilogue (several ops,
+    helper calls such as sigmoid, full-tile inputs) keeps to tiles of at most
+    ``MAX_VALUES[True]`` values a thread, where it does not spill.
     """
     table = _TABLE[_family(dtype, precision)]
     fits = [c for c in table
-            if c.BLOCK_M <= max(_pow2(M), 32) and c.BLOCK_N <= max(_pow2(N), 32)] or [table[-1]]
-    roomy = [c for c in fits if c.BLOCK_M * c.BLOCK_N <= 32 * 32 * c.num_warps]
-    pick = roomy[0] if heavy_epilogue and roomy else fits[0]
-    return [_fit_k(c, K) for c in [pick] + [c for c in fits if c is not pick]]
+            if c.BLOCK_M <= max(_pow2(M), 32) and c.BLOCK_N <= max(_pow2(N), 32)] or \
+        [min(table, key=values_per_thread)]
+    roomy = [c for c in fits if values_per_thread(c) <= MAX_VALUES[heavy_epilogue]] or fits[-1:]
+    return [_fit_k(c, K) for c in roomy]
+
+
+def without_spills(configs: list, spills, keep: int | None = None) -> list:
+    """The configs whose kernel does not spill (``spills(config)``: bytes or registers
+    spilled), in order, stopping at ``keep`` of them (each check is a compile); when
+    every one spills, the one that spills least."""
+    kept, counts = [], []
+    for c in configs:
+        counts.append(spills(c))
+        if counts[-1] == 0:
+            kept.append(c)
+            if keep is not None and len(kept) == keep:
+                break
+    return kept or [configs[counts.index(min(counts))]]
 
 
 def _fit_k(c: TileConfig, K: int) -> TileConfig:

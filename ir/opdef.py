@@ -79,6 +79,9 @@ class OpDef:
     form: MatmulForm | None = None  # matmul ops: which operand is A, B and the bias
     live_values: int = 1       # tile-sized temporaries its Triton expression keeps live at once:
                                # what a matmul epilogue adds to register pressure (helpers: 3)
+    triton_reference: Callable | None = None  # the tutorial spelling (tl.sigmoid, tl.exp): fast,
+                               # not tail-accurate; only the cost baseline (codegen's reference
+                               # kernels, compiled beside ours and never run); None: ``triton``
 
     def operand_domains(self) -> tuple:
         """The sample domain of each tensor operand."""

@@ -4,12 +4,13 @@ Part of the one table (``ir.ops``); see ``ir.opdef.OpDef`` for the fields.
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 
 import torch
 import torch.nn.functional as F
 
-from ir.opdef import OpKind, op
+from ir.opdef import OPS, OpKind, op
 from ir.triton_exprs import cast_expr, minmax_expr, pow_expr
 from ir.types import cast_rule, describe, elementwise
 
@@ -204,3 +205,20 @@ op("cast", OpKind.POINTWISE, cast_rule, lambda x, dtype: x.to(dtype),
    aliases=("to", "float", "half", "double", "bfloat16", "bool", "long", "int"), parse=_parse_cast,
    sample_attrs=lambda shape: tuple({"dtype": t} for t in (
        torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.bool, torch.int32)))
+
+
+# ---- the tutorial spellings: only the cost baseline (OpDef.triton_reference) ------------------
+# What a Triton user writes for these ops (tl.sigmoid is 1 / (1 + exp(-x)) on ex2.approx and a
+# fast division): the reference kernel a generated kernel's SASS cost is compared with. Kept in
+# one block so the entries above stay as their numerics need them.
+_REFERENCE = {
+    "exp": lambda a: f"tl.exp({a})",
+    "sigmoid": lambda a: f"tl.sigmoid({a})",
+    "sigmoid_grad": lambda a: f"(tl.sigmoid({a}) * (1.0 - tl.sigmoid({a})))",
+    "silu": lambda a: f"({a} * tl.sigmoid({a}))",
+    "silu_grad": lambda a: f"(tl.sigmoid({a}) * (1.0 + {a} * (1.0 - tl.sigmoid({a}))))",
+    "tanh": lambda a: f"(2.0 * tl.sigmoid(2.0 * {a}) - 1.0)",
+}
+for _name, _spell in _REFERENCE.items():
+    OPS[_name] = dataclasses.replace(OPS[_name], triton_reference=(
+        lambda spell: lambda args, attrs, ctype: spell(args[0]))(_spell))

@@ -4,7 +4,8 @@
 Tensor cores: fp16, bf16 and fp32 with tf32 use ``wgmma`` on sm_90 and
 ``mma.sync`` on sm_80. fp64 uses ``mma.sync`` (DMMA) on both. fp32 without
 tf32 (torch's default, ``torch.backends.cuda.matmul.allow_tf32 = False``) is
-computed on FMA units, as cuBLAS does for it: no ``mma`` at all. Nothing spills.
+computed on FMA units, as cuBLAS does for it: no ``mma`` at all. Nothing spills
+(the stack frame ptxas puts spills in, and STL/LDL in the SASS).
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def compile_all(reports, expect):
         for arch in ARCHS:
             c = r.compile_for(arch)
             results.append((r.name, arch, c.registers, c.spills))
-            assert c.spills == 0, f"{r.name} spills on {arch}: {c.spills} bytes"
+            assert c.spills == 0 and c.sass_counts().spill_ops == 0, f"{r.name} spills on {arch}: {c.spills} bytes"
             if expect[arch] is None:
                 assert c.count("mma") == 0, f"{r.name} on {arch}: fp32 without tf32 is FMA"
             else:
@@ -71,7 +72,7 @@ def test_attention_gating_forward_and_backward_use_tensor_cores(dtype):
     k = torch.randn(256, 64, dtype=dtype)
     reports = matmul_reports(gating, q, k)
     assert [r.name for r in reports] == ["matmul_sigmoid_mul", "matmul_sigmoid_mul_sigmoid_grad_add"]
-    assert "BLOCK 128x64x64, GROUP_M 8, 8 warps" in reports[0].config  # sigmoid: a heavy epilogue
+    assert "BLOCK 128x64x64, GROUP_M 8, 4 warps" in reports[0].config
     compile_all(reports, TENSOR_CORES)
 
 
