@@ -37,6 +37,7 @@ class MatmulSpec:
     batch_rank: int     # batch dimensions left after merging (0: one matrix)
     int64: bool         # 64-bit offsets: some tensor reaches 2**31 elements
     precision: str      # tl.dot input_precision for fp32 inputs: "ieee" or "tf32"
+    numerics: str = "default"   # the epilogue's numerics policy (codegen.pointwise.NUMERICS)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False) 
         lines.append(f"{var[spec.anchor]} = acc + {var[spec.bias]}  # {format_node(spec.anchor)}")
     else:
         lines.append(f"# acc is {format_node(spec.anchor)}")
-    body = emit_body(spec.epilogue, var, fresh)
+    body = emit_body(spec.epilogue, var, fresh, spec.numerics)
     lines += body
     lines.append("offs_out = offs_m[:, None] * N + offs_n[None, :]")
     for k, out in enumerate(spec.outputs):

@@ -9,6 +9,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
+from codegen.pointwise import NUMERICS
 from fusion.guards import PlanGuards
 from fusion.modes import mode_for
 from fusion.plan import Plan, build_plan
@@ -38,10 +39,14 @@ class CompiledModule(torch.nn.Module):
     dtypes, devices, requires_grad, training mode).
     """
 
-    def __init__(self, model, fallback: str = "error", recompile_limit: int = DEFAULT_RECOMPILE_LIMIT):
+    def __init__(self, model, fallback: str = "error", recompile_limit: int = DEFAULT_RECOMPILE_LIMIT,
+                 precision: str = "default"):
         super().__init__()
         if fallback not in ("error", "eager"):
             raise ValueError(f"fusion.compile: fallback must be 'error' or 'eager', not {fallback!r}")
+        if precision not in NUMERICS:
+            raise ValueError(f"fusion.compile: precision must be one of {NUMERICS}, not {precision!r}")
+        self._numerics = precision  # "numerics" inside: "precision" names tl.dot's (tf32/ieee) there
         self.__dict__["_orig"] = model  # not a submodule: the state_dict keys stay the original's
         if isinstance(model, torch.nn.Module):
             self._parameters = model._parameters
@@ -187,7 +192,7 @@ class CompiledModule(torch.nn.Module):
         captured = lower(gm, args, root=root)
         tensors = _tensors(args) + [fetch_attr(root, p.name) for p in captured.graph.params]
         device = tensors[0].device if tensors else torch.device("cpu")
-        plan = build_plan(captured.graph, mode_for(device))
+        plan = build_plan(captured.graph, mode_for(device), numerics=self._numerics)
         guards = PlanGuards(root, captured.modules, [p.name for p in captured.graph.params])
         return SignatureEntry(captured, plan, guards)
 
@@ -270,12 +275,15 @@ def _autocast_on() -> bool:
     return any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
 
 
-def compile(model, *, fallback: str = "error",
-            recompile_limit: int = DEFAULT_RECOMPILE_LIMIT) -> CompiledModule:
+def compile(model, *, fallback: str = "error", recompile_limit: int = DEFAULT_RECOMPILE_LIMIT,
+            precision: str = "default") -> CompiledModule:
     """Compile ``model`` (an ``nn.Module`` or a function of tensors).
 
     Returns a module computing the same results with fused Triton kernels.
     ``fallback="eager"`` runs a model that torch.fx cannot trace eagerly
     (with one warning) instead of raising ``fusion.CaptureError``.
+    ``precision="exact"`` computes the fp32 results of the sigmoid family, tanh and exp
+    in fp64 and rounds them once (within 0.5 ulp; the default policy is fp32-only,
+    within 2 ulp forward and 4 backward: docs/NUMERICS.md).
     """
-    return CompiledModule(model, fallback=fallback, recompile_limit=recompile_limit)
+    return CompiledModule(model, fallback=fallback, recompile_limit=recompile_limit, precision=precision)

@@ -18,9 +18,13 @@ from fusion.api import CompiledModule
 _compiled: list[CompiledModule] = []  # the most recent graphs, for fusion.dynamo.last_explain
 
 
-def fusion_backend(gm: fx.GraphModule, example_inputs):
-    """A Dynamo backend: returns a callable running ``gm`` through fused kernels."""
-    compiled = CompiledModule(gm)
+def fusion_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None):
+    """A Dynamo backend: returns a callable running ``gm`` through fused kernels.
+    ``torch.compile(..., options={"precision": "exact"})`` reaches ``options``."""
+    unknown = set(options or {}) - {"precision"}
+    if unknown:
+        raise ValueError(f"fusion backend: unknown options {sorted(unknown)} (known: 'precision')")
+    compiled = CompiledModule(gm, precision=(options or {}).get("precision", "default"))
     _compiled.append(compiled)
     del _compiled[:-16]
 
