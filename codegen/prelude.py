@@ -2,6 +2,16 @@
 
 Only the helpers a kernel uses are written into its file, so each generated
 file stands alone and reads top to bottom.
+
+The numerics policy (docs/NUMERICS.md) lives here: the helpers of tiered ops
+(the sigmoid family, tanh, exp) take the precision tier of their result as a
+constexpr, as the matmul tutorial's kernel takes ACTIVATION. "half" (fp16/bf16
+results): cheap fp32 forms whose error is far below a half-precision ulp.
+"fp32": fp32 arithmetic only (no fp64 instruction), within 2 ulp forward and 4
+backward; the one approximate instruction they use (rsqrt.approx) is corrected.
+fp64 arguments take the fp64 forms whatever the tier. FMAs are written out
+(``tl.fma``) where the error analysis counts on one rounding, so the GPU and the
+interpreter compute the same.
 """
 import re
 
@@ -180,10 +190,14 @@ def tanh(x, TIER: tl.constexpr):
     # overflow. tanh is odd: the sign of x is put back, and -0 stays -0 (x + x^3 P gives +0).
     x2 = x * x
     if x.dtype == tl.float64:
-        # Taylor series to x^13: below 0.1 its truncation error is under 1e-16 relative
-        p = x * (1.0 + x2 * (-1.0 / 3 + x2 * (2.0 / 15 + x2 * (-17.0 / 315 + x2 * (
-            62.0 / 2835 + x2 * (-1382.0 / 155925 + x2 * (21844.0 / 6081075)))))))
-        small = tl.abs(x) < 0.1
+        # Cephes tanh's rational minimax form on [0, 0.625], x + x^3 P(x^2) / Q(x^2)
+        p = tl.fma(x2, -9.64399179425052238628e-1, -9.92877231001918586564e1)
+        p = tl.fma(p, x2, -1.61468768441708447952e3)
+        q = x2 + 1.12811678491632931402e2
+        q = tl.fma(q, x2, 2.23548839060100448583e3)
+        q = tl.fma(q, x2, 4.84406305325125486048e3)
+        p = tl.fma(x * x2, p / q, x)
+        small = tl.abs(x) < 0.625
     else:
         # Cephes tanhf minimax polynomial on [0, 0.625], x + x^3 P(x^2) rounded once
         p = tl.fma(x2, -5.70498872745e-3, 2.06390887954e-2)
