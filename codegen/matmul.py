@@ -37,6 +37,7 @@ class MatmulSpec:
     batch_rank: int     # batch dimensions left after merging (0: one matrix)
     int64: bool         # 64-bit offsets: some tensor reaches 2**31 elements
     precision: str      # tl.dot input_precision for fp32 inputs: "ieee" or "tf32"
+    numerics: str = "default"   # the epilogue's numerics policy (codegen.pointwise.NUMERICS)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def _epilogue(spec: MatmulSpec, var: dict, loads: list, taken: set, reference: b
             lines.append(f"{biased} = {chunk} + {chunk_var[spec.bias]}  # {format_node(spec.anchor)}")
         elif c == 0:
             lines.append(f"# acc is {format_node(spec.anchor)}")
-        lines += emit_body(spec.epilogue, chunk_var, fresh, reference)
+        lines += emit_body(spec.epilogue, chunk_var, fresh, spec.numerics, reference)
         lines.append("offs_out = offs_m[:, None] * N + offs_n[None, :]")
         lines += [f"tl.store(out{k}_ptr + offs_out, {store_cast(chunk_var[out], f'out{k}_ptr')}, mask=mask)"
                   for k, out in enumerate(spec.outputs)]

@@ -21,6 +21,12 @@ from ir.graph import Node, format_node, format_value
 from ir.ops import OPS, OpKind
 from ir.types import compute_type, promote, triton_type
 
+# The numerics policy kernels are emitted for (``fusion.compile(..., precision=...)``; docs/NUMERICS.md).
+# "default": each tiered op computes with the forms of its node's tier (ir.opdef.TIERS): fp32
+# arithmetic for fp16/bf16/fp32 results, no fp64 instruction. "exact": fp32 results of tiered
+# ops are computed in fp64 and rounded once (within 0.5 ulp), fp16/bf16 with the fp32 forms.
+NUMERICS = ("default", "exact")
+
 
 @dataclass(frozen=True)
 class PointwiseSpec:
@@ -31,6 +37,7 @@ class PointwiseSpec:
     outputs: tuple      # group values written to memory
     rank: int           # rank of the (collapsed) iteration space
     int64: bool         # 64-bit offsets: some tensor has 2**31 elements or more
+    numerics: str = "default"   # "default" or "exact": see NUMERICS
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ def emit_pointwise(spec: PointwiseSpec, name: str | None = None, reference: bool
             loads.append(f"{base} = tl.load({ptr} + offs, mask=mask)")
         loads[-1] += load_cast(node)
 
-    body = emit_body(spec.nodes, var, fresh, reference)
+    body = emit_body(spec.nodes, var, fresh, spec.numerics, reference)
 
     stores = []
     for k, out in enumerate(spec.outputs):
@@ -171,8 +178,8 @@ def load_cast(node: Node) -> str:
 REFERENCE_NOTE = "Reference spelling (tl.sigmoid, tl.exp): the cost baseline, compiled and never run."
 
 
-def emit_body(nodes, var: dict, fresh, reference: bool = False) -> list[str]:
-    """One line per node, ``v4 = sigmoid(v3)  # %4 = sigmoid(%3) : f32[..]``, from the
+def emit_body(nodes, var: dict, fresh, numerics: str = "default", reference: bool = False) -> list[str]:
+    """One line per node, ``v4 = sigmoid(v3, "fp32")  # %4 = sigmoid(%3) : f32[..]``, from the
     op table's Triton expressions. ``var`` maps operands to variables (and is
     extended with the new ones); ``fresh(base)`` returns an unused name. Shared
     by every kernel family: a matmul epilogue is this body on the accumulator.
@@ -183,20 +190,30 @@ def emit_body(nodes, var: dict, fresh, reference: bool = False) -> list[str]:
         if n.kind == OpKind.REDUCTION:
             continue  # a full reduction is stored as per-program partial sums
         var[n] = fresh(f"v{n.id}")
+        d = OPS[n.op]
         args = [_operand(n, i, k, var) for k, i in enumerate(n.inputs)]
         if reference:
-            spell = OPS[n.op].triton_reference or OPS[n.op].triton
+            spell = d.triton_reference or d.triton
             body.append(f"{var[n]} = {spell(args, n.attrs, compute_type(n.dtype))}  # {format_node(n)}")
             continue
-        if OPS[n.op].wide_fp32 and n.dtype == torch.float32:
-            # fp32 results of these ops are computed in fp64 and rounded once: within
-            # 0.5 ulp, so products with them stay within the 2-ulp goal (docs/NUMERICS.md)
+        if d.tiered and numerics == "exact" and n.dtype == torch.float32:
+            # computed in fp64 and rounded once: within 0.5 ulp (precision="exact")
             args = [f"{a}.to(tl.float64)" if isinstance(x, Node) else a for a, x in zip(args, n.inputs)]
-            expr = f"({OPS[n.op].triton(args, n.attrs, 'tl.float64')}).to(tl.float32)"
+            expr = f"({d.triton(args, {**n.attrs, 'tier': 'fp64'}, 'tl.float64')}).to(tl.float32)"
         else:
-            expr = OPS[n.op].triton(args, n.attrs, compute_type(n.dtype))
+            attrs = {**n.attrs, "tier": tier(n.dtype, numerics)} if d.tiered else n.attrs
+            expr = d.triton(args, attrs, compute_type(n.dtype))
         body.append(f"{var[n]} = {expr}  # {format_node(n)}")
     return body
+
+
+def tier(dtype: torch.dtype, numerics: str = "default") -> str:
+    """The precision tier (ir.opdef.TIERS) a result of ``dtype`` is computed with."""
+    if dtype == torch.float64:
+        return "fp64"
+    if dtype in (torch.float16, torch.bfloat16) and numerics == "default":
+        return "half"
+    return "fp32"
 
 
 def _operand(n: Node, x, k: int, var: dict) -> str:

@@ -26,6 +26,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
+from codegen.pointwise import NUMERICS
 from fusion.guards import PlanGuards
 from fusion.hot_path import MISS, hooks_set, make_hot
 from fusion.modes import mode_for
@@ -68,10 +69,14 @@ class CompiledModule(torch.nn.Module):
     like the original. Plans are cached per input signature (``fusion.signature``).
     """
 
-    def __init__(self, model, fallback: str = "error", recompile_limit: int = DEFAULT_RECOMPILE_LIMIT):
+    def __init__(self, model, fallback: str = "error", recompile_limit: int = DEFAULT_RECOMPILE_LIMIT,
+                 precision: str = "default"):
         super().__init__()
         if fallback not in ("error", "eager"):
             raise ValueError(f"fusion.compile: fallback must be 'error' or 'eager', not {fallback!r}")
+        if precision not in NUMERICS:
+            raise ValueError(f"fusion.compile: precision must be one of {NUMERICS}, not {precision!r}")
+        self._numerics = precision  # "numerics" inside: "precision" names tl.dot's (tf32/ieee) there
         self.__dict__["_orig"] = model  # not a submodule: the state_dict keys stay the original's
         if isinstance(model, torch.nn.Module):
             self._parameters = model._parameters
@@ -298,7 +303,7 @@ class CompiledModule(torch.nn.Module):
             functional = functional if functional.writebacks else None
         tensors = tensor_leaves(args) + [fetch_attr(root, p.name) for p in captured.graph.params]
         device = tensors[0].device if tensors else torch.device("cpu")
-        plan = build_plan(captured.graph, mode_for(device))
+        plan = build_plan(captured.graph, mode_for(device), numerics=self._numerics)
         guards = PlanGuards(root, captured.modules, [p.name for p in captured.graph.params])
         return SignatureEntry(captured, plan, guards, StateGuards(reads), traced, root, functional)
 
@@ -331,7 +336,8 @@ class CompiledModule(torch.nn.Module):
 
     def _region(self, gm: fx.GraphModule, example_inputs) -> "CompiledModule":
         """Dynamo's backend for this module: one compiled region per captured graph."""
-        region = CompiledModule(gm, fallback=self._fallback, recompile_limit=self._limit)
+        region = CompiledModule(gm, fallback=self._fallback, recompile_limit=self._limit,
+                                precision=self._numerics)
         self._regions.append(region)
         return region
 
@@ -419,14 +425,16 @@ def _first_line(e: Exception) -> str:
     return text[0] if text else type(e).__name__
 
 
-def compile(model, *, fallback: str = "error",
-            recompile_limit: int = DEFAULT_RECOMPILE_LIMIT) -> CompiledModule:
+def compile(model, *, fallback: str = "error", recompile_limit: int = DEFAULT_RECOMPILE_LIMIT,
+            precision: str = "default") -> CompiledModule:
     """Compile ``model`` (an ``nn.Module`` or a function of tensors).
 
     Returns a module computing the same results with fused Triton kernels.
     Capture is torch.fx where it can trace the model, Dynamo otherwise (see the
     module docstring). ``fallback="eager"`` lets what cannot be captured
     (data-dependent control flow) run eagerly, with a warning, instead of raising
-    ``fusion.CaptureError``.
+    ``fusion.CaptureError``. ``precision="exact"`` computes the fp32 results of the
+    sigmoid family, tanh and exp in fp64 and rounds them once (within 0.5 ulp; the
+    default policy is fp32-only, within 2 ulp forward and 4 backward: docs/NUMERICS.md).
     """
-    return CompiledModule(model, fallback=fallback, recompile_limit=recompile_limit)
+    return CompiledModule(model, fallback=fallback, recompile_limit=recompile_limit, precision=precision)

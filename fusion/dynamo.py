@@ -18,11 +18,15 @@ from fusion.api import CompiledModule
 _compiled: list[CompiledModule] = []  # the most recent graphs, for compiled_graphs()
 
 
-def fusion_backend(gm: fx.GraphModule, example_inputs):
+def fusion_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None):
     """A Dynamo backend: returns a callable running ``gm`` through fused kernels (a graph
     that cannot be lowered runs as it is, eagerly, with a warning: torch.compile never fails
-    for a backend's reason)."""
-    compiled = CompiledModule(gm, fallback="eager")
+    for a backend's reason). ``torch.compile(..., options={"precision": "exact"})`` reaches
+    ``options``."""
+    unknown = set(options or {}) - {"precision"}
+    if unknown:
+        raise ValueError(f"fusion backend: unknown options {sorted(unknown)} (known: 'precision')")
+    compiled = CompiledModule(gm, fallback="eager", precision=(options or {}).get("precision", "default"))
     _compiled.append(compiled)
     del _compiled[:-16]
     return compiled

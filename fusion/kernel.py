@@ -49,10 +49,11 @@ class FusedKernel:
     """
     family = ""                              # the report's label: "pointwise" | "matmul"
 
-    def __init__(self, group, mode: Mode, role: str = "forward"):
+    def __init__(self, group, mode: Mode, role: str = "forward", numerics: str = "default"):
         self.group = group
         self.mode = mode
         self.role = role                     # "forward" | "backward": the logs' label
+        self.numerics = numerics             # codegen.pointwise.NUMERICS: precision="..." of the API
         self.keep_for_backward: tuple = ()
         self.variants: dict = {}             # generated sources, one per layout pattern
 
@@ -73,8 +74,8 @@ class PointwiseKernel(FusedKernel):
     """Runs one pointwise group as a single Triton kernel."""
     family = "pointwise"
 
-    def __init__(self, group, mode: Mode, role: str = "forward"):
-        super().__init__(group, mode, role)
+    def __init__(self, group, mode: Mode, role: str = "forward", numerics: str = "default"):
+        super().__init__(group, mode, role, numerics)
         self._by_strides: dict[tuple, Variant] = {}
         # all fixed per group: sizes, grid, and what each output is allocated as
         self.shape = group.shape
@@ -137,7 +138,7 @@ class PointwiseKernel(FusedKernel):
     def _build(self, layout: Layout, inputs) -> Variant:
         g = self.group
         spec = PointwiseSpec(tuple(g.nodes), tuple(g.inputs), layout.kinds, tuple(g.outputs),
-                             len(layout.sizes), layout.int64)
+                             len(layout.sizes), layout.int64, self.numerics)
         emitted = emit_pointwise(spec)
         log_source(self.role, emitted.name, emitted.source)
         fn = load_kernel(emitted.name, emitted.source)

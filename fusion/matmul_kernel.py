@@ -77,8 +77,8 @@ class MatmulKernel(FusedKernel):
     """Runs one matmul group (anchor + pointwise epilogue) as a single Triton kernel."""
     family = "matmul"
 
-    def __init__(self, group, mode: Mode, role: str = "forward"):
-        super().__init__(group, mode, role)
+    def __init__(self, group, mode: Mode, role: str = "forward", numerics: str = "default"):
+        super().__init__(group, mode, role, numerics)
         self.anchor = next(n for n in group.nodes if n.kind == OpKind.MATMUL)
         form = OPS[self.anchor.op].form
         ins = self.anchor.inputs
@@ -161,7 +161,8 @@ class MatmulKernel(FusedKernel):
     def _build(self, layout: MatmulLayout, precision: str, extras: tuple) -> MatmulVariant:
         outputs = list(self.group.outputs) + list(extras)
         spec = MatmulSpec(self.anchor, self.bias, tuple(self.epilogue), tuple(self.epilogue_inputs),
-                          layout.kinds, tuple(outputs), len(layout.batch), layout.int64, precision)
+                          layout.kinds, tuple(outputs), len(layout.batch), layout.int64, precision,
+                          self.numerics)
         emitted = emit_matmul(spec, self.a, self.b, self.b_transposed)
         log_source(self.role, emitted.name, emitted.source)
         fn = load_kernel(emitted.name, emitted.source)

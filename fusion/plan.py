@@ -58,16 +58,17 @@ class Plan:
         return {s.group: s.kernel for s in self.steps if s.kernel is not None}
 
 
-def build_plan(graph: Graph, mode: Mode, role: str = "forward") -> Plan:
-    """Verify, optimise and partition ``graph``; one kernel per fused group (none in eager mode)."""
+def build_plan(graph: Graph, mode: Mode, role: str = "forward", numerics: str = "default") -> Plan:
+    """Verify, optimise and partition ``graph``; one kernel per fused group (none in eager mode).
+    ``numerics``: the policy kernels are emitted for (codegen.pointwise.NUMERICS)."""
     graph.verify()
     for p in PASSES:
         graph = p(graph)
         graph.verify()
     groups = partition(graph)
     check_partition(graph, groups)
-    steps = [Step(g, KERNEL_FAMILIES[g.kind](g, mode, role) if g.kind in FUSED and mode != Mode.EAGER
-                  else None) for g in groups]
+    steps = [Step(g, KERNEL_FAMILIES[g.kind](g, mode, role, numerics)
+                  if g.kind in FUSED and mode != Mode.EAGER else None) for g in groups]
     return Plan(graph, mode, role, steps)
 
 
@@ -107,7 +108,7 @@ def plan_backward(step: Step, needs: tuple) -> BackwardPlan:
     reached = _reaches(g, {x for x, need in zip(g.inputs, needs) if need})
     outputs_differentiable = tuple(differentiable(o) and o in reached for o in g.outputs)
     bgraph = backward_graph(g.nodes, g.inputs, g.outputs, needs, saved=kernel.keep_for_backward)
-    plan = build_plan(bgraph.graph, kernel.mode, role="backward")
+    plan = build_plan(bgraph.graph, kernel.mode, role="backward", numerics=kernel.numerics)
     # save only what the backward reads: forward inputs, and kept values
     used = {i for grp in plan.groups for i in grp.inputs} | set(plan.graph.outputs)
     ins = plan.graph.inputs

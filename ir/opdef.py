@@ -56,7 +56,8 @@ class OpDef:
     ``eager(*inputs, **attrs)`` is torch's reference (the oracle and the CPU
     fallback); ``vjp(b, out, g, *xs, **attrs)`` returns one gradient per input
     (``None`` where it has none), built with ``b.call``; ``triton(args, attrs,
-    compute_type)`` spells a pointwise op as a Triton expression.
+    compute_type)`` spells a pointwise op as a Triton expression (a ``tiered`` op
+    also finds ``attrs["tier"]`` there, one of ``TIERS``).
     """
     name: str
     kind: OpKind
@@ -75,7 +76,9 @@ class OpDef:
                                # DECOMPOSITIONS or passes (the tests then need no aliases)
     differentiable: bool = True
     combine: Callable | None = None  # full reductions: (per-program partial sums, n) -> result
-    wide_fp32: bool = False    # fp32 results computed in fp64 and rounded once (the sigmoids)
+    tiered: bool = False       # its Triton expression takes the precision tier, attrs["tier"]
+                               # (TIERS); under precision="exact" its fp32 results are computed
+                               # in fp64 and rounded once
     form: MatmulForm | None = None  # matmul ops: which operand is A, B and the bias
     live_values: int = 1       # tile-sized temporaries its Triton expression keeps live at once:
                                # what a matmul epilogue adds to register pressure (helpers: 3)
@@ -97,6 +100,12 @@ SAMPLE_DOMAINS = {
     "bool": "True/False",
 }
 
+
+# The precision tiers of the numerics policy (docs/NUMERICS.md): what a tiered op's helper
+# computes, chosen by the emitter from the node's dtype. "half": fp16/bf16 results, fp32
+# forms whose error is far below their ulp; "fp32": fp32 forms within a few fp32 ulp and no
+# fp64 instruction; "fp64": libdevice-quality double math.
+TIERS = ("half", "fp32", "fp64")
 
 OPS: dict[str, OpDef] = {}
 # capture spellings that expand to several table ops: alias -> fn(builder, target, args, kwargs)

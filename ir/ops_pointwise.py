@@ -103,42 +103,58 @@ def _no_kwargs_but(*allowed):
 
 
 # ---- pointwise: transcendental ----------------------------------------------
-_pointwise("exp", "float", torch.exp, lambda args, attrs, ctype: f"accurate_exp({args[0]})",
+def _helper(name):
+    """The Triton expression of a tiered op: its prelude helper, given the precision tier."""
+    return lambda args, attrs, ctype: f'{name}({", ".join(args)}, "{attrs["tier"]}")'
+
+
+_pointwise("exp", "float", torch.exp, _helper("exp"),
            lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("exp", x)),),
-           aliases=(torch.exp, "exp"), live_values=3)
+           aliases=(torch.exp, "exp"), tiered=True, live_values=3)
 _pointwise("log", "float", torch.log, lambda args, attrs, ctype: f"tl.log({args[0]})",
            lambda bwd, out, g, x: (bwd.call("div", g, x),),
            aliases=(torch.log, "log"), domain="positive")
-_pointwise("sigmoid", "float", torch.sigmoid, lambda args, attrs, ctype: f"sigmoid({args[0]})",
+_pointwise("sigmoid", "float", torch.sigmoid, _helper("sigmoid"),
            lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("sigmoid_grad", x)),),
-           aliases=(torch.sigmoid, F.sigmoid, "sigmoid", torch.nn.Sigmoid), wide_fp32=True,
+           aliases=(torch.sigmoid, F.sigmoid, "sigmoid", torch.nn.Sigmoid), tiered=True,
            live_values=3)
-# dσ/dx as its own primitive: recomputed from x as t(1-t), t = σ(-|x|),
-# accurate in both tails where eager's σ(1-σ) rounds to 0 (x >= 17 in fp32).
+# dσ/dx as its own primitive, for accuracy: recomputed from x as q(1-q), q = σ(-|x|),
+# accurate in both tails where eager's σ(1-σ) from the rounded output is 0 (x >= 17 in fp32).
 _pointwise("sigmoid_grad", "float",
-           lambda x: torch.sigmoid(x) * torch.sigmoid(-x),
-           lambda args, attrs, ctype: f"sigmoid_grad({args[0]})",
+           lambda x: torch.sigmoid(x) * torch.sigmoid(-x), _helper("sigmoid_grad"),
            lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("mul", out, bwd.call(
-               "neg", bwd.call("tanh", bwd.call("mul", x, 0.5))))),), internal=True, wide_fp32=True,
+               "neg", bwd.call("tanh", bwd.call("mul", x, 0.5))))),), internal=True, tiered=True,
            live_values=3)
-_pointwise("tanh", "float", torch.tanh, lambda args, attrs, ctype: f"tanh({args[0]})",
-           lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("sub", 1.0, bwd.call("mul", out, out))),),
-           aliases=(torch.tanh, F.tanh, "tanh", torch.nn.Tanh), live_values=3)
+# tanh' = sech²(x) = 4σ(2x)σ(-2x), i.e. 4·sigmoid_grad(2x) (2x and 4· are exact): accurate in
+# the tails, where 1 - tanh(x)² from the rounded output is exactly 0 in fp32 for |x| >= 9
+# (true value 6.1e-8 there, 1.7e-17 at 20) — a decomposition, no primitive of its own.
+_pointwise("tanh", "float", torch.tanh, _helper("tanh"),
+           lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call(
+               "mul", bwd.call("sigmoid_grad", bwd.call("mul", x, 2.0)), 4.0)),),
+           aliases=(torch.tanh, F.tanh, "tanh", torch.nn.Tanh), tiered=True, live_values=3)
 _pointwise("relu", "common", torch.relu, lambda args, attrs, ctype: f"tl.where({args[0]} < 0, 0, {args[0]})",
            lambda bwd, out, g, x: (bwd.call("where", bwd.call("le", x, 0), 0.0, g),),
            aliases=(torch.relu, F.relu, "relu", torch.nn.ReLU), parse=_no_kwargs_but("inplace"))
-_pointwise("silu", "float", F.silu, lambda args, attrs, ctype: f"{args[0]} * sigmoid({args[0]})",
+# silu is a primitive (not mul(x, sigmoid(x))) for its tails: x·σ(x) keeps its last bits down
+# to x = -92, where σ(x) alone is already subnormal, and is 0 (not inf·0) at -inf
+_pointwise("silu", "float", F.silu, _helper("silu"),
            lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("silu_grad", x)),),
-           aliases=(F.silu, torch.nn.SiLU), parse=_no_kwargs_but("inplace"), wide_fp32=True,
+           aliases=(F.silu, torch.nn.SiLU), parse=_no_kwargs_but("inplace"), tiered=True,
            live_values=3)
-# d silu/dx = σ(x) + x σ'(x) as one primitive, computed wide and rounded once: in fp32 the
-# two terms cancel near the derivative's zero (x = -1.2785); the product chain x * σ(x)
-# still gets its derivative from the rules.
+# d silu/dx = σ(x) + x σ'(x) as one primitive, for accuracy: the two terms cancel near the
+# derivative's zero (x = -1.2785), where the helper's exact 1 - |x| keeps the error to that of σ,
+# and it is 1 and 0 (not NaN) at ±inf; the product chain x * σ(x) gets its derivative from the rules.
 _pointwise("silu_grad", "float", lambda x: torch.sigmoid(x) * (1 + x * torch.sigmoid(-x)),
-           lambda args, attrs, ctype: f"silu_grad({args[0]})",
+           _helper("silu_grad"),
            lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("mul", bwd.call("sigmoid_grad", x), bwd.call(
-               "sub", 2.0, bwd.call("mul", x, bwd.call("tanh", bwd.call("mul", x, 0.5)))))),),
-           internal=True, wide_fp32=True, live_values=3)
+               "sub", 2.0, bwd.call("mul", _capped(bwd, x), bwd.call("tanh", bwd.call("mul", x, 0.5)))))),),
+           internal=True, tiered=True, live_values=3)
+
+
+def _capped(bwd, x):
+    """x within ±1e4, where σ'(x) is 0 in every dtype: the limit 0 of x σ'(x) at ±inf, not
+    inf·0 = NaN (NaN stays NaN)."""
+    return bwd.call("minimum", bwd.call("maximum", x, -1e4), 1e4)
 
 # ---- pointwise: selection and comparison --------------------------------------
 def _pick(bwd, g, take):

@@ -6,6 +6,7 @@ tests. References are always eager PyTorch, in float64 where precision matters.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -35,6 +36,75 @@ def special_values(domain: str) -> tuple:
     if domain == "probability":
         return (0.0, 1e-30, 1e-7, 0.25, 0.5, 1.0 - 1e-7, 1.0)
     return SPECIAL_VALUES
+
+
+def _silu_limit(x):
+    # silu(x) = x σ(x): +inf and -0 (x e^x -> 0) at ±inf; silu'(x) = σ(x)(1 + x(1 - σ(x))):
+    # 1 at +inf (x e^-x -> 0) and 0 at -inf (x e^x -> 0)
+    return (x, (1.0,)) if x > 0 else (-0.0, (0.0,))
+
+
+def _silu_grad_limit(x):
+    # silu' -> 1 and 0 as above; silu''(x) = σ'(x)(2 - x tanh(x/2)) -> 0 at both ends (x e^-|x| -> 0)
+    return (1.0, (0.0,)) if x > 0 else (0.0, (0.0,))
+
+
+def _bce_logits_limit(z, y):
+    # max(z, 0) - z y + log(1 + e^-|z|) = |z| w + log(1 + e^-|z|) with w = 1 - y (z >= 0) or y:
+    # +inf, or 0 where w = 0 (log(1 + e^-|z|) -> 0); d/dz = σ(z) - y -> 1 - y or -y; d/dy = -z
+    if math.isnan(y):
+        return None
+    w = 1.0 - y if z > 0 else y
+    return (0.0 if w == 0 else math.inf), ((1.0 - y) if z > 0 else -y, -z)
+
+
+# Where an operand is infinite and eager's float64 formula gives NaN (inf * 0, inf - inf) though
+# the function has a limit: op -> (the row's operand values -> (forward, gradient per operand)),
+# called for rows whose first operand is ±inf (None: no limit; eager's value stands).
+LIMITS = {"silu": _silu_limit, "silu_grad": _silu_grad_limit, "bce_logits": _bce_logits_limit}
+
+
+def with_limits(name: str, rows: list, values: torch.Tensor, which: int | None = None) -> torch.Tensor:
+    """Eager's float64 ``values`` (one per row of operands) with ``LIMITS`` put in: the forward
+    (``which=None``) or the gradient of operand ``which``."""
+    values = values.clone()
+    for i, row in enumerate(rows):
+        if name in LIMITS and isinstance(row[0], float) and math.isinf(row[0]):
+            limit = LIMITS[name](*row)
+            if limit is not None:
+                values[i] = limit[0] if which is None else limit[1][which]
+    return values
+
+
+def eager_with_limits(name: str):
+    """``OPS[name].eager`` on same-shaped tensors, with ``LIMITS`` put in where its first
+    operand is infinite, forward and gradient: the float64 oracle of programs whose values
+    reach ±inf (random graphs)."""
+    eager, limit = OPS[name].eager, LIMITS[name]
+
+    def put(values, xs, value_of):
+        for idx in torch.isinf(xs[0]).nonzero().tolist():
+            found = limit(*(x[tuple(idx)].item() for x in xs))
+            if found is not None:
+                values[tuple(idx)] = value_of(found, tuple(idx))
+        return values
+
+    class WithLimits(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *xs):
+            assert all(x.shape == xs[0].shape for x in xs), "same-shaped operands only"
+            ctx.save_for_backward(*xs)
+            return put(eager(*xs), xs, lambda found, idx: found[0])
+
+        @staticmethod
+        def backward(ctx, g):
+            xs = [x.detach().requires_grad_() for x in ctx.saved_tensors]
+            with torch.enable_grad():
+                grads = torch.autograd.grad(eager(*xs), xs, g, allow_unused=True)
+            return tuple(None if grad is None else
+                         put(grad.clone(), xs, lambda found, idx, k=k: g[idx] * found[1][k])
+                         for k, grad in enumerate(grads))
+    return WithLimits.apply
 
 
 # the one place tolerances live. Kernels compute fp16/bf16 in fp32 and round once

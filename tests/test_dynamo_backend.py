@@ -64,3 +64,15 @@ def test_graph_break_still_works():
     x = torch.randn(33, 7)
     torch.testing.assert_close(torch.compile(f, backend="fusion")(x), f(x))
     assert len(fusion.dynamo.compiled_graphs()) == 2
+
+
+def test_precision_option_reaches_the_kernels():
+    """options={"precision": "exact"}: the fp32 sigmoid is computed in fp64 and rounded once."""
+    x = torch.randn(33, 7)
+    out = torch.compile(lambda x: torch.sigmoid(x) * x, backend="fusion", options={"precision": "exact"})(x)
+    torch.testing.assert_close(out, torch.sigmoid(x) * x)
+    (kernel,) = _kernels_used()
+    assert kernel.numerics == "exact"
+    assert "tl.float64" in next(iter(kernel.variants.values())).emitted.source
+    with pytest.raises(ValueError, match="unknown options"):
+        fusion.dynamo.fusion_backend(None, [], options={"mode": "max-autotune"})

@@ -112,6 +112,9 @@ def test_every_pointwise_op_compiles_without_spills(name, arch):
         for variant in kernel.variants.values():
             rep = compile_for(variant.path, variant.emitted.name, variant.example, arch)
             assert rep.spills == 0 and rep.sass_counts().spill_ops == 0, f"{name}({attrs}) spills on {arch}"
+            if torch.float64 not in (t for kind, t in variant.example if kind == "ptr"):
+                # the numerics policy: fp32 arithmetic only where no tensor is fp64
+                assert not re.search(r"\.f64\b", rep.ptx), f"{name}({attrs}): fp64 in an fp32 kernel"
 
 
 # ---- 64-bit offsets ---------------------------------------------------------------------------
