@@ -13,10 +13,8 @@ import pytest
 import torch
 
 import fusion
-from fusion.matmul_kernel import (RECOMPUTE_MAX_K, MatmulKernel, MatmulVariant, epilogue_weight, gpu_kernel,
-                                  spill_prune)
-from fusion.matmul_tiles import (TileConfig, gpu_candidates, interpreter_config, values_per_thread,
-                                 without_spills)
+from fusion.matmul_kernel import RECOMPUTE_MAX_K, MatmulKernel, MatmulVariant, epilogue_weight, gpu_kernel, spill_prune
+from fusion.matmul_tiles import TileConfig, gpu_candidates, interpreter_config, values_per_thread, without_spills
 from fusion.modes import Mode
 from fusion.partition import GroupKind, check_partition, partition
 from ir.capture import trace
