@@ -5,6 +5,8 @@ file stands alone and reads top to bottom.
 """
 import re
 
+from codegen.prelude_activations import ACTIVATION_HELPERS
+
 HELPERS = {
     "accurate_exp": '''
 @triton.jit
@@ -147,6 +149,8 @@ def bce_logits(z, y):
     return linear + log1p(accurate_exp(-tl.abs(z)))
 ''',
 }
+HELPERS.update(ACTIVATION_HELPERS)  # gelu, softplus, expm1, rsqrt...
+
 
 def helpers_used(exprs: list[str]) -> list[str]:
     """The helper sources whose names appear as calls in ``exprs``."""

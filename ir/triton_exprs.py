@@ -49,3 +49,25 @@ def cast_expr(x: str, dtype: torch.dtype) -> str:
         # int sources round exactly like eager; then back to the compute type
         return f"{x}.to(tl.float32).to({triton_type(dtype)}).to({compute_type(dtype)})"
     return f"{x}.to({compute_type(dtype)})"
+
+
+def float_literal(v) -> str:
+    """A Python number as Triton source (infinities and NaN have no literal)."""
+    v = float(v)
+    if v != v:
+        return 'float("nan")'
+    if v in (float("inf"), float("-inf")):
+        return f'float("{v}")'
+    return repr(v)
+
+
+def clamp_expr(x: str, lo, hi, ct: str) -> str:
+    """torch.clamp: min(max(x, lo), hi) in that order (hi wins when lo > hi), NaN kept;
+    a bound of None is absent."""
+    def bound(v):
+        return float_literal(v) if ct.startswith("tl.float") else repr(v)
+    if lo is not None:
+        x = minmax_expr("maximum", [x, bound(lo)], ct)
+    if hi is not None:
+        x = minmax_expr("minimum", [x, bound(hi)], ct)
+    return x

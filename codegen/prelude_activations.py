@@ -1,0 +1,143 @@
+"""Helper @triton.jit functions of the activation entries (ir/ops_activations.py).
+
+Merged into ``codegen.prelude.HELPERS``; they call the prelude's own helpers
+(``accurate_exp``, ``precise_div``, ``log1p``, ``sigmoid``) by name. fp32 is
+computed in fp32 (no FP64 instruction in an fp32 kernel), fp64 stays fp64.
+
+The normal CDF behind GELU is written as Phi(-t) = exp(-t^2/2) G(t), t = |x|,
+with G(t) = Phi(-t) exp(t^2/2) a smooth function from 0.5 (t = 0) to
+~1/(t sqrt(2 pi)): one rational approximation covers the whole line, both
+tails included, where eager's 0.5 (1 + erf(x/sqrt 2)) cancels for x < -3 and
+is 0 below x = -5.9 in fp32. This is the structure of W. J. Cody's normal
+and erfc approximations (Math. Comp. 23 (1969) 631-637; ACM TOMS 19 (1993)
+22-32), with fp32-sized rationals fitted by tools/fit_normal_cdf.py
+(relative error of the fits: G 1e-8, H 8e-9, i.e. below 0.2 ulp).
+exp(-t^2/2) takes t^2 = p + pl exactly (an FMA gives the rounding error pl),
+so the tail keeps its relative accuracy where a rounded t^2 would cost
+|t^2/2| ulps (fdlibm's erfc splits z for the same reason).
+"""
+
+ACTIVATION_HELPERS = {
+    "normal_tail_parts": '''
+@triton.jit
+def normal_tail_parts(x):
+    # for t = min(|x|, 15): e = exp(-t^2/2), g = G(t) = Phi(-t) exp(t^2/2) and
+    # h = H(t) = (G(t) - t/sqrt(2 pi)) / (t - T0), T0 = 0.75179152... the zero of GELU'(-t).
+    # Beyond t = 15 e underflows in fp32 (e^-112), so clamping changes no result.
+    t = tl.minimum(tl.abs(x), 15.0, propagate_nan=tl.PropagateNan.ALL)
+    p = t * t
+    pl = tl.fma(t, t, -p)  # t^2 = p + pl exactly
+    e = accurate_exp(-0.5 * p) * (1.0 - 0.5 * pl)
+    # G(t) ~ P4(t)/Q5(t), all coefficients positive: Horner does not cancel
+    gn = tl.fma(t, 0.004153510555624962, 0.040883298963308334)
+    gn = tl.fma(gn, t, 0.1839759349822998)
+    gn = tl.fma(gn, t, 0.43929314613342285)
+    gn = tl.fma(gn, t, 0.5)
+    gd = tl.fma(t, 0.010411195456981659, 0.10248534381389618)
+    gd = tl.fma(gd, t, 0.47142651677131653)
+    gd = tl.fma(gd, t, 1.2055773735046387)
+    gd = tl.fma(gd, t, 1.67647123336792)
+    gd = tl.fma(gd, t, 1.0)
+    # H(t) ~ P4(t)/Q4(t)
+    hn = tl.fma(t, -0.010469974018633366, -0.09587498754262924)
+    hn = tl.fma(hn, t, -0.3784851133823395)
+    hn = tl.fma(hn, t, -0.7541804909706116)
+    hn = tl.fma(hn, t, -0.6650779843330383)
+    hd = tl.fma(t, 0.026244185864925385, 0.22059981524944305)
+    hd = tl.fma(hd, t, 0.7941439747810364)
+    hd = tl.fma(hd, t, 1.3995856046676636)
+    hd = tl.fma(hd, t, 1.0)
+    return t, e, precise_div(gn, gd), precise_div(hn, hd)
+''',
+    "gelu": '''
+@triton.jit
+def gelu(x):
+    # x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2))
+    if x.dtype == tl.float64:
+        # as eager computes it (fp64 keeps 1e-16 absolute accuracy; the fp32 rational
+        # below is not accurate enough for fp64)
+        # (x clamped at -40, where the result is -0, so that -inf gives that limit)
+        c = tl.maximum(x, -40.0, propagate_nan=tl.PropagateNan.ALL)
+        return c * 0.5 * (1.0 + tl.erf(c * 0.7071067811865476))
+    else:
+        t, e, g, h = normal_tail_parts(x)
+        # x < 0: x Phi(-t) = (x g) e, the one tiny factor last; x clamped at -15 so that
+        # x = -inf gives the limit -0 (not -inf * 0); x >= 0: x (1 - Phi(-x))
+        neg = (tl.maximum(x, -15.0, propagate_nan=tl.PropagateNan.ALL) * g) * e
+        return tl.where(x < 0, neg, x * (1.0 - g * e))
+''',
+    "gelu_grad": '''
+@triton.jit
+def gelu_grad(x):
+    # d/dx x Phi(x) = Phi(x) + x phi(x). For x = -t: Phi(-t) - t phi(t) = e (G(t) - t/sqrt(2 pi))
+    # = e (t - T0) H(t): the zero at x = -T0 is a factor, so no cancellation near it
+    # (T0 = T0_HI + T0_LO; t - T0_HI is exact there). For x >= 0: 1 - e (x - T0) H(x).
+    if x.dtype == tl.float64:
+        # as eager's gelu_backward computes it, x clamped to +-40 (the results there are
+        # 0 and 1) so that +-inf give those limits
+        c = tl.minimum(tl.maximum(x, -40.0, propagate_nan=tl.PropagateNan.ALL), 40.0,
+                       propagate_nan=tl.PropagateNan.ALL)
+        cdf = 0.5 * (1.0 + tl.erf(c * 0.7071067811865476))
+        return cdf + c * (tl.exp(-0.5 * c * c) * 0.3989422804014327)
+    else:
+        t, e, g, h = normal_tail_parts(x)
+        eh = e * (((t - 0.7517915368080139) + 1.211444988769017e-08) * h)
+        return tl.where(x < 0, eh, 1.0 - eh)
+''',
+    "gelu_tanh": '''
+@triton.jit
+def gelu_tanh(x):
+    # torch's tanh form 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), written as
+    # x sigmoid(2u) (1 + tanh(u) = 2 sigmoid(2u)): no cancellation for x < 0, where eager's
+    # 1 + tanh(u) is 0 below x = -9.1 in fp32. x clamped at -30 (the result is -0 there,
+    # in fp64 too) so that -inf gives the limit -0.
+    c = tl.maximum(x, -30.0, propagate_nan=tl.PropagateNan.ALL)
+    return c * sigmoid(c * (1.5957691216057308 + 0.07135481627260025 * (c * c)))
+''',
+    "softplus": '''
+@triton.jit
+def softplus(x, beta: tl.constexpr, threshold: tl.constexpr):
+    # torch's softplus: x where beta x > threshold, else log1p(exp(beta x)) / beta, written
+    # as (max(z, 0) + log1p(exp(-|z|))) / beta, z = beta x: exp never overflows (torch's
+    # form is inf for beta x > 88.7 in fp32 when the threshold is raised)
+    z = x * beta
+    sp = tl.maximum(z, 0.0) + log1p(accurate_exp(-tl.abs(z)))
+    if beta != 1.0:
+        sp = sp / beta
+    return tl.where(z > threshold, x, sp)
+''',
+    "expm1": '''
+@triton.jit
+def expm1(x):
+    # exp(x) - 1 without the cancellation near 0. fp32: on |x| < 1 a polynomial
+    # x + x^2/2 + x^3 P(x) (P: degree-6 fit, tools/fit_normal_cdf.py, 0.03 ulp), outside
+    # exp(x) - 1, where the subtraction loses at most a factor e/(e-1) = 1.6.
+    # fp64: Kahan's correction (u - 1) x / log(u), u = exp(x) (Higham, Accuracy and
+    # Stability of Numerical Algorithms, 2002, sec. 1.14.1).
+    if x.dtype == tl.float64:
+        u = tl.exp(x)
+        um1 = u - 1.0
+        kahan = um1 * (x / tl.log(tl.where(um1 == 0, 2.0, u)))
+        return tl.where((um1 == 0) | (u == float("inf")) | (um1 == -1.0), tl.where(um1 == 0, x, um1), kahan)
+    else:
+        p = tl.fma(x, 2.746392283370369e-06, 2.5366785848746076e-05)
+        p = tl.fma(p, x, 0.0001984928676392883)
+        p = tl.fma(p, x, 0.001388532342389226)
+        p = tl.fma(p, x, 0.008333277888596058)
+        p = tl.fma(p, x, 0.04166673496365547)
+        p = tl.fma(p, x, 0.1666666716337204)
+        small = x + (0.5 * x * x + x * x * x * p)
+        return tl.where(tl.abs(x) < 1.0, small, accurate_exp(x) - 1.0)
+''',
+    "rsqrt": '''
+@triton.jit
+def rsqrt(x):
+    # 1/sqrt(x), both steps correctly rounded in fp32 (tl.rsqrt and tl.sqrt are the
+    # approximate MUFU forms on the GPU): within 1 ulp. torch's values at the edges:
+    # rsqrt(+-0) = +-inf, rsqrt(x < 0) = NaN, rsqrt(-inf) = NaN, rsqrt(inf) = 0.
+    if x.dtype == tl.float32:
+        return precise_div(1.0, tl.sqrt_rn(x))
+    else:
+        return 1.0 / tl.sqrt(x)
+''',
+}
