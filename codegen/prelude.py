@@ -149,6 +149,7 @@ def bce_logits(z, y):
     return linear + log1p(accurate_exp(-tl.abs(z)))
 ''',
 }
+assert not set(ACTIVATION_HELPERS) & set(HELPERS), "one name, one helper"
 HELPERS.update(ACTIVATION_HELPERS)  # gelu, softplus, expm1, rsqrt...
 
 

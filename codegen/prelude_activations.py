@@ -21,33 +21,37 @@ ACTIVATION_HELPERS = {
     "normal_tail_parts": '''
 @triton.jit
 def normal_tail_parts(x):
-    # for t = min(|x|, 15): e = exp(-t^2/2), g = G(t) = Phi(-t) exp(t^2/2) and
+    # for t = min(|x|, 15): exp(-t^2/2) = e * s, g = G(t) = Phi(-t) exp(t^2/2) and
     # h = H(t) = (G(t) - t/sqrt(2 pi)) / (t - T0), T0 = 0.75179152... the zero of GELU'(-t).
-    # Beyond t = 15 e underflows in fp32 (e^-112), so clamping changes no result.
+    # Beyond t = 15 exp(-t^2/2) underflows in fp32 (e^-112), so clamping changes no result.
+    # Past t^2/2 = 64 the factor e^-16 is split off (16 - t^2/2 is exact there): e stays a
+    # normal number and the caller applies s last, so a subnormal result rounds once.
     t = tl.minimum(tl.abs(x), 15.0, propagate_nan=tl.PropagateNan.ALL)
     p = t * t
     pl = tl.fma(t, t, -p)  # t^2 = p + pl exactly
-    e = accurate_exp(-0.5 * p) * (1.0 - 0.5 * pl)
+    far = p > 128.0
+    e = accurate_exp(tl.where(far, 16.0 - 0.5 * p, -0.5 * p)) * (1.0 - 0.5 * pl)
+    s = tl.where(far, 1.1253517471925912e-07, 1.0)
     # G(t) ~ P4(t)/Q5(t), all coefficients positive: Horner does not cancel
-    gn = tl.fma(t, 0.004153510555624962, 0.040883298963308334)
-    gn = tl.fma(gn, t, 0.1839759349822998)
-    gn = tl.fma(gn, t, 0.43929314613342285)
+    gn = tl.fma(t, 0.004153512418270111, 0.04088331013917923)
+    gn = tl.fma(gn, t, 0.1839759796857834)
+    gn = tl.fma(gn, t, 0.43929317593574524)
     gn = tl.fma(gn, t, 0.5)
-    gd = tl.fma(t, 0.010411195456981659, 0.10248534381389618)
-    gd = tl.fma(gd, t, 0.47142651677131653)
-    gd = tl.fma(gd, t, 1.2055773735046387)
-    gd = tl.fma(gd, t, 1.67647123336792)
+    gd = tl.fma(t, 0.010411200113594532, 0.10248537361621857)
+    gd = tl.fma(gd, t, 0.4714266061782837)
+    gd = tl.fma(gd, t, 1.2055774927139282)
+    gd = tl.fma(gd, t, 1.6764713525772095)
     gd = tl.fma(gd, t, 1.0)
     # H(t) ~ P4(t)/Q4(t)
-    hn = tl.fma(t, -0.010469974018633366, -0.09587498754262924)
-    hn = tl.fma(hn, t, -0.3784851133823395)
-    hn = tl.fma(hn, t, -0.7541804909706116)
+    hn = tl.fma(t, -0.01046997494995594, -0.09587499499320984)
+    hn = tl.fma(hn, t, -0.37848514318466187)
+    hn = tl.fma(hn, t, -0.7541805505752563)
     hn = tl.fma(hn, t, -0.6650779843330383)
-    hd = tl.fma(t, 0.026244185864925385, 0.22059981524944305)
-    hd = tl.fma(hd, t, 0.7941439747810364)
-    hd = tl.fma(hd, t, 1.3995856046676636)
+    hd = tl.fma(t, 0.026244191452860832, 0.22059984505176544)
+    hd = tl.fma(hd, t, 0.7941440343856812)
+    hd = tl.fma(hd, t, 1.3995857238769531)
     hd = tl.fma(hd, t, 1.0)
-    return t, e, precise_div(gn, gd), precise_div(hn, hd)
+    return t, e, s, precise_div(gn, gd), precise_div(hn, hd)
 ''',
     "gelu": '''
 @triton.jit
@@ -60,11 +64,11 @@ def gelu(x):
         c = tl.maximum(x, -40.0, propagate_nan=tl.PropagateNan.ALL)
         return c * 0.5 * (1.0 + tl.erf(c * 0.7071067811865476))
     else:
-        t, e, g, h = normal_tail_parts(x)
-        # x < 0: x Phi(-t) = (x g) e, the one tiny factor last; x clamped at -15 so that
+        t, e, s, g, h = normal_tail_parts(x)
+        # x < 0: x Phi(-t) = ((x g) e) s, the tiny factors last; x clamped at -15 so that
         # x = -inf gives the limit -0 (not -inf * 0); x >= 0: x (1 - Phi(-x))
-        neg = (tl.maximum(x, -15.0, propagate_nan=tl.PropagateNan.ALL) * g) * e
-        return tl.where(x < 0, neg, x * (1.0 - g * e))
+        neg = ((tl.maximum(x, -15.0, propagate_nan=tl.PropagateNan.ALL) * g) * e) * s
+        return tl.where(x < 0, neg, x * (1.0 - (g * e) * s))
 ''',
     "gelu_grad": '''
 @triton.jit
@@ -80,8 +84,8 @@ def gelu_grad(x):
         cdf = 0.5 * (1.0 + tl.erf(c * 0.7071067811865476))
         return cdf + c * (tl.exp(-0.5 * c * c) * 0.3989422804014327)
     else:
-        t, e, g, h = normal_tail_parts(x)
-        eh = e * (((t - 0.7517915368080139) + 1.211444988769017e-08) * h)
+        t, e, s, g, h = normal_tail_parts(x)
+        eh = (e * (((t - 0.7517915368080139) + 1.211444988769017e-08) * h)) * s
         return tl.where(x < 0, eh, 1.0 - eh)
 ''',
     "gelu_tanh": '''
@@ -94,14 +98,18 @@ def gelu_tanh(x):
     c = tl.maximum(x, -30.0, propagate_nan=tl.PropagateNan.ALL)
     return c * sigmoid(c * (1.5957691216057308 + 0.07135481627260025 * (c * c)))
 ''',
-    "softplus": '''
+    "softplus_beta": '''
 @triton.jit
-def softplus(x, beta: tl.constexpr, threshold: tl.constexpr):
+def softplus_beta(x, beta: tl.constexpr, threshold: tl.constexpr):
     # torch's softplus: x where beta x > threshold, else log1p(exp(beta x)) / beta, written
     # as (max(z, 0) + log1p(exp(-|z|))) / beta, z = beta x: exp never overflows (torch's
     # form is inf for beta x > 88.7 in fp32 when the threshold is raised)
+    # log1p(e) for e = exp(-|z|) in (0, 1] as log(u) + (e - (u - 1)) / u, u = 1 + e: the
+    # rounding error of u is exact (Fast2Sum, 1 >= e) and corrected to first order
     z = x * beta
-    sp = tl.maximum(z, 0.0) + log1p(accurate_exp(-tl.abs(z)))
+    e = accurate_exp(-tl.abs(z))
+    u = 1.0 + e
+    sp = tl.maximum(z, 0.0) + (tl.log(u) + ((e - (u - 1.0)) / u))
     if beta != 1.0:
         sp = sp / beta
     return tl.where(z > threshold, x, sp)

@@ -129,9 +129,10 @@ _unary("expm1", "float", torch.expm1, lambda args, attrs, ctype: f"expm1({args[0
        lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("exp", x)),),
        aliases=(torch.expm1, torch.special.expm1, "expm1"), live_values=3)
 # rsqrt: as pow(x, -0.5) its gradient would be pow(x, -1.5) = exp(-1.5 log x), ~|1.5 log x|
-# ulps off; here d/dx = -rsqrt(x) / (2x), two correctly rounded steps (torch: -r^3 / 2)
+# ulps off; here d/dx = (-rsqrt(x) / 2) / x: the halving is exact, so only the division
+# rounds, and nothing overflows before the result does (torch: -r^3 / 2, three roundings)
 _unary("rsqrt", "float", torch.rsqrt, lambda args, attrs, ctype: f"rsqrt({args[0]})",
-       lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("mul", bwd.call("div", out, x), -0.5)),),
+       lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("div", bwd.call("mul", out, -0.5), x)),),
        aliases=(torch.rsqrt, "rsqrt"), domain="positive", live_values=3)
 
 
@@ -144,7 +145,7 @@ def _softplus_vjp(bwd, out, g, x, beta, threshold):
 
 
 _unary("softplus", "float", lambda x, beta, threshold: F.softplus(x, beta, threshold),
-       lambda args, attrs, ctype: (f"softplus({args[0]}, {float_literal(attrs['beta'])}, "
+       lambda args, attrs, ctype: (f"softplus_beta({args[0]}, {float_literal(attrs['beta'])}, "
                                    f"{float_literal(attrs['threshold'])})"),
        _softplus_vjp, aliases=(F.softplus, nn.Softplus), module_attrs=("beta", "threshold"),
        parse=parser(("beta", 1.0), ("threshold", 20.0)), live_values=3,

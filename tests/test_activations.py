@@ -236,3 +236,76 @@ def test_dynamo_spellings_are_fused():
     assert {"gelu", "softplus", "log_sigmoid", "hardsigmoid", "leaky_relu"} <= targets, targets
     report = fusion.explain(gm, x)
     assert not report.extern, report.extern
+
+
+# ---- fp32 accuracy against float64 ------------------------------------------------------
+
+def _normal_cdf(x):
+    # erfc keeps the relative accuracy of the left tail (torch.special.ndtr does not: it is
+    # 2x off at x = -8.4 in float64)
+    return 0.5 * torch.special.erfc(-x / math.sqrt(2))
+
+
+def _gelu_ref(x):
+    return x * _normal_cdf(x), _normal_cdf(x) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _gelu_tanh_ref(x):
+    w = x * (1.5957691216057308 + 0.07135481627260025 * x * x)
+    return x * torch.sigmoid(w), torch.sigmoid(w) + x * torch.sigmoid(w) * torch.sigmoid(-w) * (
+        1.5957691216057308 + 3 * 0.07135481627260025 * x * x)
+
+
+# label: (ours, float64 reference value and derivative, inputs, max fp32 ulp forward / backward),
+# bounds a little above what Triton's interpreter measures (no FMA contraction besides the
+# explicit tl.fma calls); docs/ACTIVATIONS.md has the table with eager's errors beside ours.
+# gelu_tanh's bounds are wide: its exp argument x (c1 + c3 x^2) is rounded in fp32 (tail
+# errors grow with |x|, 180 ulp at x = -11 where the result is 1e-37; eager gives 0 there),
+# and its derivative cancels near its zero at x = -0.75 (1290 ulp of the small result, as eager)
+ACCURACY = {
+    "gelu": (F.gelu, _gelu_ref, "real", 5.5, 6.5),
+    "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"), _gelu_tanh_ref, "real", 200, 1300),
+    "softplus": (F.softplus, lambda x: (F.softplus(x), torch.sigmoid(x)), "real", 3.5, 1),
+    "logsigmoid": (F.logsigmoid, lambda x: (F.logsigmoid(x), torch.sigmoid(-x)), "real", 3.5, 1),
+    "elu": (F.elu, lambda x: (torch.where(x > 0, x, torch.expm1(x)), torch.where(x > 0, 1.0, torch.exp(x))),
+            "real", 1, 1),
+    "expm1": (torch.expm1, lambda x: (torch.expm1(x), torch.exp(x)), "real", 2, 1),
+    "rsqrt": (torch.rsqrt, lambda x: (torch.rsqrt(x), -0.5 * torch.rsqrt(x) / x), "positive", 1.5, 2),
+}
+
+
+def accuracy_grid(domain: str) -> torch.Tensor:
+    """fp32 inputs: an even grid over [-15, 15] plus magnitudes from 1e-30 (log-spaced), or
+    1e-30..1e30 for positive-only functions."""
+    if domain == "positive":
+        return torch.logspace(-30, 30, 1 << 15, dtype=torch.float64).float()
+    tiny = torch.logspace(-30, math.log10(15), 1 << 13, dtype=torch.float64)
+    return torch.cat([torch.linspace(-15, 15, 1 << 16, dtype=torch.float64), tiny, -tiny]).float()
+
+
+def ulp_errors(fn, reference, x: torch.Tensor) -> tuple[float, float]:
+    """Max error of fn's fp32 value and gradient in fp32 ulps of the float64 reference, where
+    the reference is a normal fp32 number (subnormal results carry fewer digits; results
+    beyond fp32's range are inf)."""
+    xg = x.clone().requires_grad_()
+    value = fn(xg)
+    (grad,) = torch.autograd.grad(value.sum(), xg)
+    errors = []
+    for ours, exact in zip((value.detach(), grad), reference(x.double())):
+        info = torch.finfo(torch.float32)
+        normal = (exact.abs() >= info.tiny) & (exact.abs() <= info.max)
+        err = (ours.double() - exact).abs() / one_ulp(exact, torch.float32)
+        errors.append(float(err[normal].max()))
+    return tuple(errors)
+
+
+@pytest.mark.cpu_only
+@pytest.mark.parametrize("label", ACCURACY)
+def test_fp32_accuracy_against_float64(label):
+    fn, reference, domain, fwd_bound, grad_bound = ACCURACY[label]
+    x = accuracy_grid(domain)
+    fwd, grad = ulp_errors(fusion.compile(lambda x: fn(x)), reference, x)
+    eager_fwd, eager_grad = ulp_errors(fn, reference, x)
+    print(f"{label}: max fp32 ulp forward {fwd:.2f} (eager {eager_fwd:.3g}), "
+          f"backward {grad:.2f} (eager {eager_grad:.3g})")
+    assert fwd <= fwd_bound and grad <= grad_bound, (fwd, grad)
