@@ -88,15 +88,51 @@ def gelu_grad(x):
         eh = (e * (((t - 0.7517915368080139) + 1.211444988769017e-08) * h)) * s
         return tl.where(x < 0, eh, 1.0 - eh)
 ''',
+    "gelu_tanh_arg": '''
+@triton.jit
+def gelu_tanh_arg(c):
+    # w = x (C1 + C3 x^2) = 2 sqrt(2/pi) (x + 0.044715 x^3), the argument of the tanh form's
+    # sigmoid, as w + wl in fp32: sigmoid's tail turns an error d of w into |w| d (180 ulp at
+    # x = -11), so every rounding (of x^2, of C1 and C3 to fp32, of the product and the sum)
+    # is kept to first order by FMA splits and 2Sum (Knuth). fp64 needs no wl.
+    if c.dtype == tl.float64:
+        return c * (1.5957691216057308 + 0.07135481627260025 * (c * c)), 0.0
+    else:
+        p = c * c
+        pl = tl.fma(c, c, -p)
+        a = p * 0.07135481387376785  # C3 = 0.07135481387376785 + 2.3988324659995897e-09
+        al = tl.fma(p, 0.07135481387376785, -a) + (pl * 0.07135481387376785 + p * 2.3988324659995897e-09)
+        b = a + 1.5957691669464111  # C1 = 1.5957691669464111 - 4.534068054340423e-08
+        bb = b - a
+        bl = ((a - (b - bb)) + (1.5957691669464111 - bb)) + (al - 4.534068054340423e-08)
+        w = c * b
+        return w, tl.fma(c, b, -w) + c * bl
+''',
     "gelu_tanh": '''
 @triton.jit
 def gelu_tanh(x):
     # torch's tanh form 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), written as
-    # x sigmoid(2u) (1 + tanh(u) = 2 sigmoid(2u)): no cancellation for x < 0, where eager's
-    # 1 + tanh(u) is 0 below x = -9.1 in fp32. x clamped at -30 (the result is -0 there,
-    # in fp64 too) so that -inf gives the limit -0.
-    c = tl.maximum(x, -30.0, propagate_nan=tl.PropagateNan.ALL)
-    return c * sigmoid(c * (1.5957691216057308 + 0.07135481627260025 * (c * c)))
+    # x sigmoid(w), w = 2u (1 + tanh(u) = 2 sigmoid(2u)): no cancellation for x < 0, where
+    # eager's 1 + tanh(u) is 0 below x = -9.1 in fp32; sigmoid(w + wl) = sigmoid(w) +
+    # sigmoid'(w) wl. x clamped to +-30 in w, where sigmoid(w) is 0 and 1 (in fp64 too), and
+    # at -30 in the product, so that -inf gives the limit -0 and +inf stays inf
+    low = tl.maximum(x, -30.0, propagate_nan=tl.PropagateNan.ALL)
+    w, wl = gelu_tanh_arg(tl.minimum(low, 30.0, propagate_nan=tl.PropagateNan.ALL))
+    return low * (sigmoid(w) + sigmoid_grad(w) * wl)
+''',
+    "gelu_tanh_grad": '''
+@triton.jit
+def gelu_tanh_grad(x):
+    # d/dx x sigmoid(w) = sigmoid(w) + x sigmoid'(w) w', w' = C1 + 3 C3 x^2, at w + wl
+    # (sigmoid'' = sigmoid' (1 - 2 sigmoid)); x clamped to +-30, where the derivative is 0
+    # and 1, so that +-inf give those limits (not inf * 0)
+    c = tl.minimum(tl.maximum(x, -30.0, propagate_nan=tl.PropagateNan.ALL), 30.0,
+                   propagate_nan=tl.PropagateNan.ALL)
+    w, wl = gelu_tanh_arg(c)
+    s = sigmoid(w)
+    d = sigmoid_grad(w)
+    dw = 1.5957691216057308 + 0.21406444881780073 * (c * c)
+    return (s + d * wl) + c * ((d + d * ((1.0 - 2.0 * s) * wl)) * dw)
 ''',
     "softplus_beta": '''
 @triton.jit

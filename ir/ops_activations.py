@@ -156,17 +156,8 @@ _unary("softplus", "float", lambda x, beta, threshold: F.softplus(x, beta, thres
 # ---- GELU: x Phi(x); a primitive because Phi needs erf (codegen/prelude_activations.py) ------
 
 def _gelu_vjp(bwd, out, g, x, approximate):
-    if approximate == "none":
-        return (bwd.call("mul", g, bwd.call("gelu_grad", x)),)
-    # tanh form x sigmoid(w), w = x (c1 + c3 x^2): d/dx = sigmoid(w) + x sigmoid'(w) (c1 + 3 c3 x^2),
-    # from the table's tail-accurate sigmoid and sigmoid_grad; x clamped to +-30, where the
-    # derivative is 0 or 1 to fp64 precision, so that +-inf give those limits (not inf * 0)
-    c = bwd.call("clamp", x, min=-30.0, max=30.0)
-    c2 = bwd.call("mul", c, c)
-    w = bwd.call("mul", c, bwd.call("add", bwd.call("mul", c2, 0.07135481627260025), 1.5957691216057308))
-    dw = bwd.call("add", bwd.call("mul", c2, 3 * 0.07135481627260025), 1.5957691216057308)
-    slope = bwd.call("mul", bwd.call("mul", c, bwd.call("sigmoid_grad", w)), dw)
-    return (bwd.call("mul", g, bwd.call("add", bwd.call("sigmoid", w), slope)),)
+    grad = "gelu_grad" if approximate == "none" else "gelu_tanh_grad"
+    return (bwd.call("mul", g, bwd.call(grad, x)),)
 
 
 def _parse_gelu(alias, args, kwargs):
@@ -179,7 +170,8 @@ def _parse_gelu(alias, args, kwargs):
 _unary("gelu", "float", lambda x, approximate: F.gelu(x, approximate=approximate),
        lambda args, attrs, ctype: f"{'gelu' if attrs['approximate'] == 'none' else 'gelu_tanh'}({args[0]})",
        _gelu_vjp, aliases=(F.gelu, nn.GELU), module_attrs=("approximate",), parse=_parse_gelu,
-       live_values=3, sample_attrs=lambda shape: ({"approximate": "none"}, {"approximate": "tanh"}))
+       live_values=6,  # normal_tail_parts keeps t, exp(-t^2/2), its scale, G and H live, and x
+       sample_attrs=lambda shape: ({"approximate": "none"}, {"approximate": "tanh"}))
 # GELU' = Phi(x) + x phi(x), as its own primitive: the two terms cancel near x = -0.7518 and
 # both vanish in the left tail, where eager's fp32 form is 0 (or NaN at -inf)
 _unary("gelu_grad", "float", lambda x: torch.ops.aten.gelu_backward(torch.ones_like(x), x),
@@ -188,7 +180,26 @@ _unary("gelu_grad", "float", lambda x: torch.ops.aten.gelu_backward(torch.ones_l
        lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("mul", bwd.call("mul", bwd.call(
            "exp", bwd.call("mul", bwd.call("mul", x, x), -0.5)), 0.3989422804014327),
            bwd.call("sub", 2.0, bwd.call("mul", x, x)))),),
-       internal=True, live_values=3)
+       internal=True, live_values=6)  # t, exp(-t^2/2), its scale, G, H and x
+
+
+def _gelu_tanh_second(bwd, out, g, x):
+    # d/dx [sigmoid(w) + x sigmoid'(w) w'] = sigmoid'(w) (2 w' + x w'' + x (1 - 2 sigmoid(w)) w'^2),
+    # w = x (C1 + C3 x^2), w' = C1 + 3 C3 x^2, x w'' = 6 C3 x^2 (only double backward reads it)
+    x2 = bwd.call("mul", x, x)
+    w = bwd.call("mul", x, bwd.call("add", bwd.call("mul", x2, 0.07135481627260025), 1.5957691216057308))
+    dw = bwd.call("add", bwd.call("mul", x2, 0.21406444881780073), 1.5957691216057308)
+    curve = bwd.call("mul", bwd.call("mul", x, bwd.call("sub", 1.0, bwd.call("mul", bwd.call("sigmoid", w), 2.0))),
+                     bwd.call("mul", dw, dw))
+    inner = bwd.call("add", bwd.call("add", bwd.call("mul", dw, 2.0), bwd.call("mul", x2, 0.42812889763560147)), curve)
+    return (bwd.call("mul", g, bwd.call("mul", bwd.call("sigmoid_grad", w), inner)),)
+
+
+# the tanh form's derivative as a primitive for the same reason: its argument w carried in
+# double-float (gelu_tanh_arg) keeps the left tail accurate; eager's is 0 below x = -9.1
+_unary("gelu_tanh_grad", "float", lambda x: torch.ops.aten.gelu_backward(torch.ones_like(x), x, approximate="tanh"),
+       lambda args, attrs, ctype: f"gelu_tanh_grad({args[0]})", _gelu_tanh_second,
+       internal=True, live_values=6)
 
 
 # ---- decompositions into the entries above and the pointwise/view ones -------------------------
