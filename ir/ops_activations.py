@@ -19,8 +19,8 @@ fuse with whatever surrounds them:
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ir.opdef import DECOMPOSITIONS, OpKind, op
 from ir.triton_exprs import clamp_expr, float_literal
@@ -75,7 +75,7 @@ def _clamp_rule(op_name, inputs, attrs):
     return elementwise("common")(op_name, (*inputs, *bounds), attrs)
 
 
-def _clamp_vjp(bwd, out, g, x, min, max):  # noqa: A002 (torch's argument names)
+def _clamp_vjp(bwd, out, g, x, min, max):  # torch's argument names
     # torch's clamp_backward: the gradient passes where min <= x <= max, bounds included
     # (NaN compares false: its gradient is 0)
     if min is not None:
@@ -93,7 +93,7 @@ def _parse_clamp(alias, args, kwargs):
 
 
 op("clamp", OpKind.POINTWISE, _clamp_rule,
-   lambda x, min, max: torch.clamp(x, min, max),  # noqa: A002
+   lambda x, min, max: torch.clamp(x, min, max),
    _clamp_vjp, triton=lambda args, attrs, ctype: clamp_expr(args[0], attrs["min"], attrs["max"], ctype),
    promotion="common", aliases=(torch.clamp, torch.clip, "clamp", "clip"), parse=_parse_clamp,
    sample_attrs=lambda shape: ({"min": -0.5, "max": 1.0}, {"min": 0.0, "max": None},
@@ -189,15 +189,17 @@ def _gelu_tanh_second(bwd, out, g, x):
     x2 = bwd.call("mul", x, x)
     w = bwd.call("mul", x, bwd.call("add", bwd.call("mul", x2, 0.07135481627260025), 1.5957691216057308))
     dw = bwd.call("add", bwd.call("mul", x2, 0.21406444881780073), 1.5957691216057308)
-    curve = bwd.call("mul", bwd.call("mul", x, bwd.call("sub", 1.0, bwd.call("mul", bwd.call("sigmoid", w), 2.0))),
-                     bwd.call("mul", dw, dw))
-    inner = bwd.call("add", bwd.call("add", bwd.call("mul", dw, 2.0), bwd.call("mul", x2, 0.42812889763560147)), curve)
+    bend = bwd.call("sub", 1.0, bwd.call("mul", bwd.call("sigmoid", w), 2.0))
+    curve = bwd.call("mul", bwd.call("mul", x, bend), bwd.call("mul", dw, dw))
+    inner = bwd.call("add", bwd.call("add", bwd.call("mul", dw, 2.0), bwd.call("mul", x2, 0.42812889763560147)),
+                     curve)
     return (bwd.call("mul", g, bwd.call("mul", bwd.call("sigmoid_grad", w), inner)),)
 
 
 # the tanh form's derivative as a primitive for the same reason: its argument w carried in
 # double-float (gelu_tanh_arg) keeps the left tail accurate; eager's is 0 below x = -9.1
-_unary("gelu_tanh_grad", "float", lambda x: torch.ops.aten.gelu_backward(torch.ones_like(x), x, approximate="tanh"),
+_unary("gelu_tanh_grad", "float",
+       lambda x: torch.ops.aten.gelu_backward(torch.ones_like(x), x, approximate="tanh"),
        lambda args, attrs, ctype: f"gelu_tanh_grad({args[0]})", _gelu_tanh_second,
        internal=True, live_values=6)
 

@@ -1,6 +1,8 @@
 """Triton spellings of op-table entries that need more than one line (ir.ops uses them)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ir.types import compute_type, triton_type
@@ -54,7 +56,7 @@ def cast_expr(x: str, dtype: torch.dtype) -> str:
 def float_literal(v) -> str:
     """A Python number as Triton source (infinities and NaN have no literal)."""
     v = float(v)
-    if v != v:
+    if math.isnan(v):
         return 'float("nan")'
     if v in (float("inf"), float("-inf")):
         return f'float("{v}")'

@@ -16,10 +16,12 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
+import torch._dynamo
 import torch.nn.functional as F
+from torch import nn
 
 import fusion
+import fusion.dynamo
 
 from helpers import DEVICE, FLOATS, INTERPRETED, SHORT, SPECIAL_VALUES, TOL, one_ulp, sample
 
@@ -211,9 +213,6 @@ def test_inplace_activations_are_left_to_eager_torch(fn):
 def test_dynamo_spellings_are_fused():
     """What Dynamo records (torch._C._nn.gelu/softplus/log_sigmoid, F.hardsigmoid, modules
     inlined into F.leaky_relu(x, 0.1, False), ...) lowers with nothing left to eager."""
-    import torch._dynamo
-    import fusion.dynamo
-
     model = nn.Sequential(nn.GELU("tanh"), nn.Softplus(2.0), nn.Hardswish(), nn.LeakyReLU(0.1), nn.ELU(),
                           nn.ReLU6(), nn.Hardsigmoid(), nn.LogSigmoid(), nn.SELU(), nn.GLU())
 
