@@ -8,7 +8,7 @@ torch, and the decompositions (glu, hardsigmoid, hardswish, leaky_relu,
 elu/selu/celu, logsigmoid, relu6, clamp_min/max) match eager forward in every
 float type, at extreme values and in their gradients at the kinks. Then: each
 fuses into a sigmoid chain as one kernel, nn.GLU alone is one kernel each way,
-inplace=True is left to eager torch, and the fp32 accuracy against float64.
+inplace=True is functionalized, and the fp32 accuracy against float64.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from torch import nn
 
 import fusion
 import fusion.dynamo
+from ir.ops import OPS
 
 from helpers import DEVICE, FLOATS, INTERPRETED, SHORT, SPECIAL_VALUES, TOL, one_ulp, sample
 
@@ -200,13 +201,32 @@ class _InPlace(nn.Module):
     lambda x: F.hardtanh(x * 2.0, -1.0, 1.0, True) + 1.0, _InPlace(nn.Hardswish(inplace=True)),
     _InPlace(nn.ReLU6(inplace=True)), _InPlace(nn.LeakyReLU(0.1, inplace=True)),
 ], ids=["leaky_relu", "elu", "hardtanh_positional", "nn.Hardswish", "nn.ReLU6", "nn.LeakyReLU"])
-def test_inplace_activations_are_left_to_eager_torch(fn):
-    """inplace=True mutates the activation's input: the functionalization pass decides when
-    the out-of-place form is the same program; until it does, eager torch runs it."""
+def test_inplace_activations_are_functionalized_and_fused(fn):
+    """inplace=True mutates the activation's input: the functionalization pass rewrites the
+    call into its out-of-place form, which fuses like any other."""
     x = torch.randn(5, 7, device=DEVICE)
-    report = fusion.explain(fn, x)
-    assert any("inplace" in why for _, why in report.extern), report.extern
+    assert not fusion.explain(fn, x).extern
     torch.testing.assert_close(fusion.compile(fn)(x), fn(x))
+
+
+def test_inplace_activation_of_an_input_mutates_it_as_eager():
+    def fn(x):
+        return torch.sigmoid(F.elu(x, 0.5, inplace=True))
+    x = torch.randn(5, 7, device=DEVICE)
+    ours_x, eager_x = x.clone(), x.clone()
+    torch.testing.assert_close(fusion.compile(fn)(ours_x), fn(eager_x))
+    torch.testing.assert_close(ours_x, eager_x)
+
+
+@pytest.mark.parametrize("name,alias,args", [
+    ("hardtanh", F.hardtanh, (-1.0, 1.0, True)), ("hardtanh", F.relu6, (True,)),
+    ("softplus", F.softplus, (1.0, 20.0, 3.0)), ("gelu", F.gelu, ("erf",)), ("clamp", torch.clamp, ())])
+def test_parse_refuses_what_it_cannot_fuse(name, alias, args):
+    """inplace=True that reached lowering without functionalization, an extra argument, an
+    unknown GELU form, a clamp without bounds: NotImplementedError, i.e. left to eager torch."""
+    kwargs = {"approximate": args[0]} if name == "gelu" else {}
+    with pytest.raises(NotImplementedError):
+        OPS[name].parse(alias, ("x", *([] if name == "gelu" else args)), kwargs)
 
 
 @pytest.mark.cpu_only
