@@ -229,6 +229,21 @@ def test_parse_refuses_what_it_cannot_fuse(name, alias, args):
         OPS[name].parse(alias, ("x", *([] if name == "gelu" else args)), kwargs)
 
 
+@pytest.mark.parametrize("make,attr,value", [
+    (lambda: nn.LeakyReLU(0.1), "negative_slope", 0.3), (lambda: nn.GELU(), "approximate", "tanh"),
+    (lambda: nn.Softplus(1.0), "beta", 3.0), (lambda: nn.ELU(), "alpha", 0.2), (lambda: nn.GLU(-1), "dim", 0),
+    (lambda: nn.Hardtanh(-1.0, 1.0), "max_val", 0.5)], ids=lambda v: v if isinstance(v, str) else "")
+def test_module_attributes_read_at_capture_are_guarded(make, attr, value):
+    """Lowering bakes a module's negative_slope (approximate, beta...) into the graph: a
+    change is seen, as eager sees it."""
+    model = nn.Sequential(make())
+    compiled = fusion.compile(model)
+    x = torch.randn(4, 6, device=DEVICE)
+    torch.testing.assert_close(compiled(x), model(x))
+    setattr(model[0], attr, value)
+    torch.testing.assert_close(compiled(x), model(x))
+
+
 @pytest.mark.cpu_only
 def test_dynamo_spellings_are_fused():
     """What Dynamo records (torch._C._nn.gelu/softplus/log_sigmoid, F.hardsigmoid, modules
