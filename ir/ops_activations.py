@@ -11,7 +11,7 @@ fuse with whatever surrounds them:
     hardsigmoid(x)     hardtanh(x + 3, 0, 6) / 6                  (torch's formula)
     hardswish(x)       where(x < -3, -0, x * hardsigmoid(x))
     leaky_relu(x, s)   where(x > 0, x, x * s)
-    elu/selu/celu      where(x > 0, scale x, alpha scale expm1(input_scale x))
+    elu/selu/celu      where(x <= 0, alpha scale expm1(input_scale min(x, 0)), scale x)
     logsigmoid(x)      -softplus(-x, beta=1, threshold=inf) = min(x, 0) - log1p(exp(-|x|))
     relu6(x)           hardtanh(x, 0, 6)                          (an alias: torch's definition)
     clamp_min/max      clamp with one bound
@@ -246,12 +246,15 @@ SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.050700987355480493
 
 
 def _elu_form(graph, x, alpha: float, scale: float = 1.0, input_scale: float = 1.0):
-    """torch's elu: scale * (x > 0 ? x : alpha * (exp(input_scale * x) - 1)), with expm1 (no
-    cancellation near 0-); its gradient alpha scale input_scale exp(input_scale x) from x."""
-    inner = x if input_scale == 1.0 else graph.call("mul", x, input_scale)
+    """torch's elu: x <= 0 ? alpha scale (exp(input_scale x) - 1) : scale x, with expm1 (no
+    cancellation near 0-); its gradient alpha scale input_scale exp(input_scale x) from x.
+    expm1 reads min(x, 0) (clamp: the gradient passes at 0): the branch where() drops must
+    not see exp(x) = inf, or its zero gradient times inf is NaN (x > 88.7 in fp32)."""
+    inner = graph.call("clamp", x, min=None, max=0.0)
+    inner = inner if input_scale == 1.0 else graph.call("mul", inner, input_scale)
     negative = graph.call("mul", graph.call("expm1", inner), alpha * scale)
     positive = x if scale == 1.0 else graph.call("mul", x, scale)
-    return graph.call("where", graph.call("gt", x, 0.0), positive, negative)
+    return graph.call("where", graph.call("le", x, 0.0), negative, positive)
 
 
 def _elu(graph, target, args, kwargs):

@@ -136,6 +136,24 @@ def test_spelling_gradient_matches_eager_at_kinks(label):
     torch.testing.assert_close(ours.grad, expected.grad, msg=lambda m: f"{label}\n{m}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=SHORT.get)
+@pytest.mark.parametrize("label", SPELLINGS)
+def test_spelling_gradient_at_extreme_finite_values(label, dtype):
+    """Never NaN for finite input, backward too: a branch where() drops must not meet inf * 0
+    (elu's exp(x) past 88.7 in fp32); the gradient is eager's in float64."""
+    fn = _fn(label)
+    finite = [v for v in SPECIAL_VALUES if math.isfinite(v)] + [88.75, -88.75, 89.5, 700.0, 710.0, -750.0]
+    x = torch.tensor(finite, dtype=dtype, device=DEVICE)
+    x = torch.stack([x, x], -1).unsqueeze(0).expand(2, -1, -1).contiguous()
+    x = x[x > 0].reshape(2, -1, 2) if label in POSITIVE else x
+    ours, wide = x.clone().requires_grad_(), x.double().requires_grad_()
+    (g_ours,) = torch.autograd.grad(fusion.compile(fn)(ours).sum(), ours)
+    (g_wide,) = torch.autograd.grad(fn(wide).sum(), wide)
+    expected = g_wide.to(dtype)
+    assert torch.isfinite(g_ours[torch.isfinite(expected)]).all(), f"{label}: {g_ours}"
+    torch.testing.assert_close(g_ours, expected, msg=lambda m: f"{label}\n{m}")
+
+
 # ---- fusion -----------------------------------------------------------------------------
 
 class _Chain(nn.Module):
@@ -342,3 +360,24 @@ def test_fp32_accuracy_against_float64(label):
     print(f"{label}: max fp32 ulp forward {fwd:.2f} (eager {eager_fwd:.3g}), "
           f"backward {grad:.2f} (eager {eager_grad:.3g})")
     assert fwd <= fwd_bound and grad <= grad_bound, (fwd, grad)
+
+
+@pytest.mark.cpu_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=SHORT.get)
+@pytest.mark.parametrize("label", ACCURACY)
+def test_half_types_exhaustively_within_one_ulp(label, dtype):
+    """Every finite fp16/bf16 input (all 65,536 bit patterns): value and gradient within one
+    ulp of float64 (computed in fp32, rounded once); the interpreter truncates bf16 stores,
+    one ulp more there."""
+    fn, reference, domain, _, _ = ACCURACY[label]
+    x = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).view(dtype)
+    x = x[torch.isfinite(x) & ((x > 0) if domain == "positive" else True)]
+    xg = x.clone().requires_grad_()
+    value = fusion.compile(lambda x: fn(x))(xg)
+    (grad,) = torch.autograd.grad(value, xg, torch.ones_like(value))
+    allowed = 1.0 + (1.0 if dtype == torch.bfloat16 and INTERPRETED else 0.0)
+    info = torch.finfo(dtype)
+    for what, ours, exact in zip(("value", "gradient"), (value.detach(), grad), reference(x.double())):
+        normal = (exact.abs() >= info.tiny) & (exact.abs() <= info.max)
+        err = (ours.double() - exact).abs() / one_ulp(exact, dtype)
+        assert err[normal].max() <= allowed, f"{label} {what}: {err[normal].max():.2f} ulp at {x[normal][err[normal].argmax()]}"
