@@ -15,6 +15,8 @@ interpreter compute the same.
 """
 import re
 
+from codegen.prelude_activations import ACTIVATION_HELPERS
+
 HELPERS = {
     "exp_parts": '''
 @triton.jit
@@ -257,6 +259,9 @@ def bce_logits(z, y):
     return linear + log1p(exp_neg(clamp_abs(z), 1.0))
 ''',
 }
+assert not set(ACTIVATION_HELPERS) & set(HELPERS), "one name, one helper"
+HELPERS.update(ACTIVATION_HELPERS)  # gelu, softplus, expm1, rsqrt...
+
 
 def helpers_used(exprs: list[str]) -> list[str]:
     """The helper sources whose names appear as calls in ``exprs``."""

@@ -297,6 +297,8 @@ class CompiledModule(torch.nn.Module):
             gm = functional.gm
             reads += module_reads(functional.modules)
         captured = lower(gm, args, root=root)
+        # the attributes lowering read from the modules it resolved (negative_slope, approximate...)
+        reads += module_reads({q: m for q, (m, _) in captured.modules.items()})
         if functional is not None:
             captured.graph.notes += functional.notes
             captured.modules.update({q: (m, m.training) for q, m in functional.modules.items()})

@@ -156,9 +156,11 @@ def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
     name = ALIASES.get(alias) if _hashable(alias) else None
     if name is not None and not (isinstance(alias, type) and kwargs):
         d = OPS[name]
+        # a module's attributes are its functional's keyword arguments
+        given = {a: getattr(target, a) for a in d.module_attrs} if isinstance(alias, type) else kwargs
         try:
-            inputs, attrs = (d.parse(alias, args, kwargs) if d.parse
-                             else (tuple(args), _no_kwargs(kwargs)))
+            inputs, attrs = (d.parse(alias, args, given) if d.parse
+                             else (tuple(args), _no_kwargs(given)))
             if all(not isinstance(i, Node) for i in inputs):
                 raise NotImplementedError("no tensor operand")
             if any(not isinstance(i, (Node, bool, int, float)) for i in inputs):

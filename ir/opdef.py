@@ -68,6 +68,8 @@ class OpDef:
     promotion: str = "common"  # how operands are typed before the expression
     aliases: tuple = ()        # torch callables / method names capture maps here
     parse: Callable | None = None   # (alias, args, kwargs) -> (inputs, attrs); None: positional only
+    module_attrs: tuple = ()   # nn.Module aliases: attributes read from the module at capture and
+                               # given to parse as keyword arguments (nn.LeakyReLU's negative_slope)
     domain: str | tuple = "real"    # sample inputs the tests draw, one for all operands or one
                                     # per operand: real, positive, nonzero, bool (see SAMPLE_DOMAINS)
     arity: int = 1             # tensor operands (pointwise and view ops); attrs come on top

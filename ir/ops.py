@@ -8,6 +8,7 @@ the torch spellings capture maps to it. The entries live in one file per
 family and register into ``OPS`` when imported here:
 
     ir/ops_pointwise.py   arithmetic, transcendental (the sigmoid family), selection, cast
+    ir/ops_activations.py GELU, softplus, clamp/hardtanh, expm1, rsqrt; glu, hardswish... as decompositions
     ir/ops_views.py       views and sum_to
     ir/ops_matmul.py      matmul, linear, addmm
     ir/ops_loss.py        full reductions and binary cross-entropy
@@ -16,6 +17,7 @@ Adding an op means adding one entry; the tests sweep this table.
 """
 from __future__ import annotations
 
+import ir.ops_activations  # noqa: F401
 import ir.ops_loss  # noqa: F401  (each family registers its entries into OPS)
 import ir.ops_matmul  # noqa: F401
 import ir.ops_pointwise  # noqa: F401

@@ -1,6 +1,8 @@
 """Triton spellings of op-table entries that need more than one line (ir.ops uses them)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ir.types import compute_type, triton_type
@@ -49,3 +51,25 @@ def cast_expr(x: str, dtype: torch.dtype) -> str:
         # int sources round exactly like eager; then back to the compute type
         return f"{x}.to(tl.float32).to({triton_type(dtype)}).to({compute_type(dtype)})"
     return f"{x}.to({compute_type(dtype)})"
+
+
+def float_literal(v) -> str:
+    """A Python number as Triton source (infinities and NaN have no literal)."""
+    v = float(v)
+    if math.isnan(v):
+        return 'float("nan")'
+    if v in (float("inf"), float("-inf")):
+        return f'float("{v}")'
+    return repr(v)
+
+
+def clamp_expr(x: str, lo, hi, ct: str) -> str:
+    """torch.clamp: min(max(x, lo), hi) in that order (hi wins when lo > hi), NaN kept;
+    a bound of None is absent."""
+    def bound(v):
+        return float_literal(v) if ct.startswith("tl.float") else repr(v)
+    if lo is not None:
+        x = minmax_expr("maximum", [x, bound(lo)], ct)
+    if hi is not None:
+        x = minmax_expr("minimum", [x, bound(hi)], ct)
+    return x

@@ -240,8 +240,24 @@ def test_pointwise_special_values(name, dtype):
             rows = list(zip(*[o.flatten().tolist() for o in operands]))
             expected = with_limits(name, rows, expected.flatten()).view(expected.shape)
         expected = expected.to(ours.dtype)
+        if expected.is_floating_point():
+            # a limit LIMITS does not state: eager's value at a huge finite input where its
+            # formula is NaN at an infinite one (gelu(-inf) = -0; eager's x * Phi(x) is -inf * 0)
+            at_inf = torch.stack([torch.broadcast_to(o.isinf(), expected.shape) for o in operands
+                                  if isinstance(o, torch.Tensor) and o.is_floating_point()]).any(0)
+            at_limit = expected.isnan() & at_inf & _matches_limit(name, operands, attrs, ours)
+            expected = torch.where(at_limit, ours, expected)
         torch.testing.assert_close(ours, expected, equal_nan=True,
                                    msg=lambda m: f"{name}({attrs}) on special values\n{m}")
+
+
+def _matches_limit(name, operands, attrs, ours):
+    """Where ``ours`` equals eager float64 with each ±inf operand replaced by ±1e100 (large,
+    and its cube still finite: gelu's tanh form computes x^3)."""
+    big = 1e100
+    finite = [o.double().nan_to_num(nan=float("nan"), posinf=big, neginf=-big) for o in operands]
+    limit = eager_op(name, finite, attrs).to(ours.dtype)
+    return torch.isclose(ours, limit) if ours.is_floating_point() else torch.zeros_like(ours, dtype=torch.bool)
 
 
 # ---- views: eager reads them, kernels read them through strides -------------------------
