@@ -1,7 +1,7 @@
 """Helper @triton.jit functions of the activation entries (ir/ops_activations.py).
 
 Merged into ``codegen.prelude.HELPERS``; they call the prelude's own helpers
-(``accurate_exp``, ``precise_div``, ``sigmoid``, ``sigmoid_grad``) by name. fp32 is
+(``exp``, ``sigmoid``, ``sigmoid_grad`` at their "fp32" tier, which serves fp64 too) by name. fp32 is
 computed in fp32 (no FP64 instruction in an fp32 kernel), fp64 stays fp64.
 
 The normal CDF behind GELU is written as Phi(-t) = exp(-t^2/2) G(t), t = |x|,
@@ -18,6 +18,16 @@ so the tail keeps its relative accuracy where a rounded t^2 would cost
 """
 
 ACTIVATION_HELPERS = {
+    "precise_div": '''
+@triton.jit
+def precise_div(a, b):
+    # correctly rounded fp32 division (div.rn, tl.math.div_rn) where the rational fits need it;
+    # fp64 division is correctly rounded already. b is always a tensor here.
+    if b.dtype == tl.float32:
+        return tl.math.div_rn(a, b)
+    else:
+        return a / b
+''',
     "normal_tail_parts": '''
 @triton.jit
 def normal_tail_parts(x):
@@ -30,7 +40,7 @@ def normal_tail_parts(x):
     p = t * t
     pl = tl.fma(t, t, -p)  # t^2 = p + pl exactly
     far = p > 128.0
-    e = accurate_exp(tl.where(far, 16.0 - 0.5 * p, -0.5 * p)) * (1.0 - 0.5 * pl)
+    e = exp(tl.where(far, 16.0 - 0.5 * p, -0.5 * p), "fp32") * (1.0 - 0.5 * pl)
     s = tl.where(far, 1.1253517471925912e-07, 1.0)
     # G(t) ~ P4(t)/Q5(t), all coefficients positive: Horner does not cancel
     gn = tl.fma(t, 0.004153512418270111, 0.04088331013917923)
@@ -117,7 +127,7 @@ def gelu_tanh(x):
     # at -30 in the product, so that -inf gives the limit -0 and +inf stays inf
     low = tl.maximum(x, -30.0, propagate_nan=tl.PropagateNan.ALL)
     w, wl = gelu_tanh_arg(tl.minimum(low, 30.0, propagate_nan=tl.PropagateNan.ALL))
-    return low * (sigmoid(w) + sigmoid_grad(w) * wl)
+    return low * (sigmoid(w, "fp32") + sigmoid_grad(w, "fp32") * wl)
 ''',
     "gelu_tanh_grad": '''
 @triton.jit
@@ -128,8 +138,8 @@ def gelu_tanh_grad(x):
     c = tl.minimum(tl.maximum(x, -30.0, propagate_nan=tl.PropagateNan.ALL), 30.0,
                    propagate_nan=tl.PropagateNan.ALL)
     w, wl = gelu_tanh_arg(c)
-    s = sigmoid(w)
-    d = sigmoid_grad(w)
+    s = sigmoid(w, "fp32")
+    d = sigmoid_grad(w, "fp32")
     dw = 1.5957691216057308 + 0.21406444881780073 * (c * c)
     return (s + d * wl) + c * ((d + d * ((1.0 - 2.0 * s) * wl)) * dw)
 ''',
@@ -142,7 +152,7 @@ def softplus_beta(x, beta: tl.constexpr, threshold: tl.constexpr):
     # log1p(e) for e = exp(-|z|) in (0, 1] as log(u) + (e - (u - 1)) / u, u = 1 + e: the
     # rounding error of u is exact (Fast2Sum, 1 >= e) and corrected to first order
     z = x * beta
-    e = accurate_exp(-tl.abs(z))
+    e = exp(-tl.abs(z), "fp32")
     u = 1.0 + e
     sp = tl.maximum(z, 0.0) + (tl.log(u) + ((e - (u - 1.0)) / u))
     if beta != 1.0:
@@ -170,7 +180,7 @@ def expm1(x):
         p = tl.fma(p, x, 0.04166673496365547)
         p = tl.fma(p, x, 0.1666666716337204)
         small = x + (0.5 * x * x + x * x * x * p)
-        return tl.where(tl.abs(x) < 1.0, small, accurate_exp(x) - 1.0)
+        return tl.where(tl.abs(x) < 1.0, small, exp(x, "fp32") - 1.0)
 ''',
     "rsqrt": '''
 @triton.jit
