@@ -176,16 +176,23 @@ _unary("gelu", "float", lambda x, approximate: F.gelu(x, approximate=approximate
 # both vanish in the left tail, where eager's fp32 form is 0 (or NaN at -inf)
 _unary("gelu_grad", "float", lambda x: torch.ops.aten.gelu_backward(torch.ones_like(x), x),
        lambda args, attrs, ctype: f"gelu_grad({args[0]})",
-       # GELU'' = phi(x) (2 - x^2)
-       lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("mul", bwd.call("mul", bwd.call(
-           "exp", bwd.call("mul", bwd.call("mul", x, x), -0.5)), 0.3989422804014327),
-           bwd.call("sub", 2.0, bwd.call("mul", x, x)))),),
+       # GELU'' = phi(x) (2 - x^2), x capped at +-40 where phi is 0 even in fp64: the limit 0
+       # at +-inf, not 0 * inf
+       lambda bwd, out, g, x: (bwd.call("mul", g, _gelu_second(bwd, bwd.call(
+           "clamp", x, min=-40.0, max=40.0))),),
        internal=True, live_values=6)  # t, exp(-t^2/2), its scale, G, H and x
+
+
+def _gelu_second(bwd, x):
+    return bwd.call("mul", bwd.call("mul", bwd.call("exp", bwd.call("mul", bwd.call("mul", x, x), -0.5)),
+                                    0.3989422804014327), bwd.call("sub", 2.0, bwd.call("mul", x, x)))
 
 
 def _gelu_tanh_second(bwd, out, g, x):
     # d/dx [sigmoid(w) + x sigmoid'(w) w'] = sigmoid'(w) (2 w' + x w'' + x (1 - 2 sigmoid(w)) w'^2),
-    # w = x (C1 + C3 x^2), w' = C1 + 3 C3 x^2, x w'' = 6 C3 x^2 (only double backward reads it)
+    # w = x (C1 + C3 x^2), w' = C1 + 3 C3 x^2, x w'' = 6 C3 x^2 (only double backward reads it);
+    # x capped at +-40, where sigmoid'(w) is 0 even in fp64: the limit 0 at +-inf, not 0 * inf
+    x = bwd.call("clamp", x, min=-40.0, max=40.0)
     x2 = bwd.call("mul", x, x)
     w = bwd.call("mul", x, bwd.call("add", bwd.call("mul", x2, 0.07135481627260025), 1.5957691216057308))
     dw = bwd.call("add", bwd.call("mul", x2, 0.21406444881780073), 1.5957691216057308)

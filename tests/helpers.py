@@ -61,7 +61,19 @@ def _bce_logits_limit(z, y):
 # Where an operand is infinite and eager's float64 formula gives NaN (inf * 0, inf - inf) though
 # the function has a limit: op -> (the row's operand values -> (forward, gradient per operand)),
 # called for rows whose first operand is ±inf (None: no limit; eager's value stands).
-LIMITS = {"silu": _silu_limit, "silu_grad": _silu_grad_limit, "bce_logits": _bce_logits_limit}
+def _gelu_limit(x):
+    # gelu(x) = x Φ(x) (either form): +inf and -0 (x e^{-x²/2} -> 0) at ±inf; its derivative
+    # Φ(x) + x φ(x) -> 1 and 0 (eager's x Φ(x) is -inf * 0 = NaN at -inf)
+    return (x, (1.0,)) if x > 0 else (-0.0, (0.0,))
+
+
+def _gelu_grad_limit(x):
+    # gelu' -> 1 and 0 as above; gelu''(x) = φ(x)(2 - x²) (erf form; alike for tanh) -> 0 both ends
+    return (1.0, (0.0,)) if x > 0 else (0.0, (0.0,))
+
+
+LIMITS = {"silu": _silu_limit, "silu_grad": _silu_grad_limit, "bce_logits": _bce_logits_limit,
+          "gelu": _gelu_limit, "gelu_grad": _gelu_grad_limit, "gelu_tanh_grad": _gelu_grad_limit}
 
 
 def with_limits(name: str, rows: list, values: torch.Tensor, which: int | None = None) -> torch.Tensor:
