@@ -137,6 +137,10 @@ class CompiledModule(torch.nn.Module):
             self._warn_once("autocast", "fusion: autocast is not applied by fused kernels yet; "
                             "calls under torch.autocast run eagerly.")
             return self._orig(*args, **kwargs)
+        if kwargs and self._signature is None:  # a builtin: no names to bind keywords to
+            self._warn_once("kwargs", f"fusion: {self._orig!r} has no Python signature: calls "
+                            "with keyword arguments run eagerly (pass them positionally).")
+            return self._orig(*args, **kwargs)
         args = self._bind(args, kwargs)
         key = self._guard_key(args)
         entry = self._entries.get(key)
@@ -165,13 +169,16 @@ class CompiledModule(torch.nn.Module):
             return self._gm
         fixed = {name: a for name, a in zip(self._signature.parameters if self._signature else (), args)
                  if not isinstance(a, torch.Tensor)}
-        key = tuple((k, _describe(v)) for k, v in fixed.items())
+        key = (len(args),) + tuple((k, _describe(v)) for k, v in fixed.items())
         if key not in self._specialized:
             try:
-                if not fixed:
+                if not fixed and self._signature is not None:
                     raise self._trace_error
-                self._specialized[key] = trace(self._orig, concrete_args=fixed)
-            except CaptureError:
+                # builtins have no signature: traced with this call's number of arguments
+                self._specialized[key] = trace(self._orig, concrete_args=fixed or None, n_args=len(args))
+            except CaptureError as e:
+                if self._signature is None:  # a builtin: this call's error is the one to show
+                    self._trace_error = e
                 if self._fallback == "error":
                     raise self._trace_error from None
                 warnings.warn(f"{self._trace_error} Running it eagerly (fallback='eager').",

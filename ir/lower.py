@@ -150,7 +150,7 @@ def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
         d = OPS[name]
         try:
             inputs, attrs = (d.parse(alias, args, kwargs) if d.parse
-                             else (tuple(args), _no_kwargs(kwargs)))
+                             else (_positional(args, kwargs), {}))
             if all(not isinstance(i, Node) for i in inputs):
                 raise NotImplementedError("no tensor operand")
             if any(not isinstance(i, (Node, bool, int, float)) for i in inputs):
@@ -161,10 +161,20 @@ def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
     return make_extern(g, n, target, args, kwargs, "not in the op table")
 
 
-def _no_kwargs(kwargs):
-    if kwargs:
+# torch's names for the operands of its pointwise functions, in order:
+# torch.mul(x, other=2), and functools.partial(torch.mul, other=2)
+_OPERAND_KEYWORDS = ("input", "other")
+
+
+def _positional(args, kwargs) -> tuple:
+    """The operands of an op without a parser, keyword operands put in their place."""
+    args = tuple(args)
+    if not kwargs:
+        return args
+    names = _OPERAND_KEYWORDS[len(args):]
+    if set(kwargs) - set(names) or list(names[:len(kwargs)]) != [k for k in names if k in kwargs]:
         raise NotImplementedError(f"keyword arguments {dict(kwargs)} are not fused")
-    return {}
+    return args + tuple(kwargs[k] for k in names[:len(kwargs)])
 
 
 def _hashable(x) -> bool:
