@@ -9,13 +9,13 @@ rounded once at the store.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 import torch
 
 from codegen.layouts import InputLayout
+from codegen.literals import emit_literal, scalar_type
 from codegen.prelude import helpers_used
 from ir.graph import Node, format_node, format_value
 from ir.ops import OPS, OpKind
@@ -197,16 +197,16 @@ def _operand(n: Node, x, k: int, var: dict) -> str:
     else:
         want = compute_type(n.dtype)
     if not isinstance(x, Node):
-        return _literal(x, want)
+        return _literal(n, x, want)
     have = compute_type(x.dtype)
     return var[x] if want is None or want == have else f"{var[x]}.to({want})"
 
 
-def _literal(v, want: str | None) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, float) and not math.isfinite(v):
-        return {"inf": 'float("inf")', "-inf": 'float("-inf")'}.get(repr(v), 'float("nan")')
-    if isinstance(v, int) and want is not None and want.startswith("tl.float"):
-        return repr(float(v))
-    return repr(v)
+def _literal(n: Node, v, want: str | None) -> str:
+    """A Python scalar operand of ``n``, converted as eager converts it (codegen.literals)."""
+    if want is None:  # an attr-like operand the op's expression reads as is
+        return repr(v)
+    promotion = OPS[n.op].promotion
+    values = n.inputs[1:] if promotion == "select" else n.inputs
+    dtype = scalar_type(n.dtype, promote(n.inputs) if promotion == "bool" else n.dtype, promotion)
+    return emit_literal(v, dtype, want, typed=not any(isinstance(i, Node) for i in values))

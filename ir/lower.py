@@ -16,10 +16,11 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from ir.capture import CaptureError
+from ir.eager_checks import call_checked, eager_error
 from ir.extern import make_extern
 from ir.graph import Graph, Node
-from ir.ops import DECOMPOSITIONS, OPS
-from ir.types import meta
+from ir.ops import DECOMPOSITIONS, FUSIBLE, OPS
+from ir.types import meta, require_kernel_types
 
 
 def _alias_table() -> dict:
@@ -155,7 +156,10 @@ def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
                 raise NotImplementedError("no tensor operand")
             if any(not isinstance(i, (Node, bool, int, float)) for i in inputs):
                 raise NotImplementedError(f"operands {inputs} are not tensors or scalars")
-            return g.call(name, *inputs, **attrs)
+            if d.kind not in FUSIBLE:
+                return g.call(name, *inputs, **attrs)
+            require_kernel_types(name, inputs, attrs)
+            return call_checked(g, name, inputs, attrs, eager_error(n, target, args, kwargs))
         except NotImplementedError as e:
             return make_extern(g, n, target, args, kwargs, f"{name}: {e}")
     return make_extern(g, n, target, args, kwargs, "not in the op table")
