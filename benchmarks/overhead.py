@@ -38,11 +38,17 @@ def silu(x):
     return torch.nn.functional.silu(x)
 
 
+def sigmoid_bce(z, y):
+    # its kernel makes BCE's value checks: on a GPU, one device-to-host read of the flags per call
+    return torch.nn.functional.binary_cross_entropy(torch.sigmoid(z), y)
+
+
 def workloads():
     r = lambda *s: torch.randn(*s, device=DEVICE)  # noqa: E731
     return {"silu, 32": (silu, [r(32)]),
             "x*sigmoid(g)+b, 8x8": (gate, [r(8, 8), r(8, 8), r(8)]),
-            "gating, 16x16 K=16": (gating, [r(16, 16), r(16, 16)])}
+            "gating, 16x16 K=16": (gating, [r(16, 16), r(16, 16)]),
+            "bce(sigmoid(z), y), 32 (value-checked)": (sigmoid_bce, [r(32), torch.rand(32, device=DEVICE)])}
 
 
 def per_call_us(fn, seconds: float) -> float:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from codegen.layouts import EpilogueLayout
-from codegen.pointwise import emit_body, input_name, load_cast, namer, store_cast
+from codegen.checks import CHECKS_PARAM, check_lines
+from codegen.pointwise import emit_body, input_name, load_cast, namer, operand_expr, store_cast
 from codegen.prelude import helpers_used
 from ir.graph import Node, format_node, format_value
 
@@ -37,6 +38,7 @@ class MatmulSpec:
     batch_rank: int     # batch dimensions left after merging (0: one matrix)
     int64: bool         # 64-bit offsets: some tensor reaches 2**31 elements
     precision: str      # tl.dot input_precision for fp32 inputs: "ieee" or "tf32"
+    checks: tuple = ()  # (node, ValueCheck) pairs the epilogue flags (codegen.checks)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False) 
         loads.append(f"{base} = {load}{load_cast(node)}")
     for k, out in enumerate(spec.outputs):
         params.append((f"out{k}_ptr", f"%{out.id}: {out.type_str()}, written contiguous"))
+    params += [CHECKS_PARAM] if spec.checks else []
     params.append(("M, N, K", "out[M, N] = A[M, K] @ B[K, N], per batch"))
     params += strides
     if spec.batch_rank > 1:
@@ -132,6 +135,7 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False) 
         lines.append(f"# acc is {format_node(spec.anchor)}")
     body = emit_body(spec.epilogue, var, fresh)
     lines += body
+    lines += check_lines(spec.checks, lambda n, k: operand_expr(n, k, var))
     lines.append("offs_out = offs_m[:, None] * N + offs_n[None, :]")
     for k, out in enumerate(spec.outputs):
         lines.append(f"tl.store(out{k}_ptr + offs_out, {store_cast(var[out], f'out{k}_ptr')}, "

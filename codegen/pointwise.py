@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from codegen.checks import CHECKS_PARAM, check_lines
 from codegen.layouts import InputLayout
 from codegen.literals import emit_literal, scalar_type
 from codegen.prelude import helpers_used
@@ -31,6 +32,7 @@ class PointwiseSpec:
     outputs: tuple      # group values written to memory
     rank: int           # rank of the (collapsed) iteration space
     int64: bool         # 64-bit offsets: some tensor has 2**31 elements or more
+    checks: tuple = ()  # (node, ValueCheck) pairs the kernel flags (codegen.checks)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,9 @@ def emit_pointwise(spec: PointwiseSpec, name: str | None = None) -> EmittedKerne
             continue
         params.append((ptr, f"%{out.id}: {out.type_str()}, written contiguous"))
         stores.append(f"tl.store({ptr} + offs, {store_cast(var[out], ptr)}, mask=mask)")
+    if spec.checks:
+        params.append(CHECKS_PARAM)
+        stores += check_lines(spec.checks, lambda n, k: operand_expr(n, k, var))
     sizes = [f"size{d}" for d in range(1, spec.rank)]
     if sizes:
         params.append((", ".join(sizes), f"iteration space [size0, {', '.join(sizes)}]; "
@@ -185,6 +190,11 @@ def emit_body(nodes, var: dict, fresh) -> list[str]:
             expr = OPS[n.op].triton(args, n.attrs, compute_type(n.dtype))
         body.append(f"{var[n]} = {expr}  # {format_node(n)}")
     return body
+
+
+def operand_expr(n: Node, k: int, var: dict) -> str:
+    """Operand ``k`` of ``n`` as the op reads it (what its value checks test)."""
+    return _operand(n, n.inputs[k], k, var)
 
 
 def _operand(n: Node, x, k: int, var: dict) -> str:
