@@ -9,7 +9,11 @@ host reads the flags after the launch and raises eager's error
 """
 from __future__ import annotations
 
+import torch
+
+from ir.graph import Node
 from ir.ops import OPS
+from ir.triton_exprs import cast_expr
 
 CHECKS_PARAM = ("checks_ptr", "int32 flags, one per value check, set to 1 where an element fails it")
 
@@ -26,7 +30,15 @@ def check_lines(checks: tuple, operand) -> list[str]:
     2-d blocks alike."""
     lines = []
     for j, (n, c) in enumerate(checks):
-        bad = c.triton(operand(n, c.operand))
+        bad = c.triton(_as_stored(operand(n, c.operand), n.inputs[c.operand]))
         lines.append(f"# value check {j} of %{n.id} = {n.op}: {c.label}: {c.message}")
         lines.append(f"tl.store(checks_ptr + {j}, 1, mask=tl.max(tl.where(mask, {bad}, 0).to(tl.int32)) > 0)")
     return lines
+
+
+def _as_stored(expr: str, x) -> str:
+    """An fp16/bf16 operand computed in fp32 inside the kernel, rounded to its own type
+    first: eager checks the rounded value (1.00002 is 1.0 in fp16, and valid)."""
+    if isinstance(x, Node) and x.dtype in (torch.float16, torch.bfloat16):
+        return cast_expr(expr, x.dtype)
+    return expr

@@ -217,3 +217,16 @@ def test_checked_kernels_compile_for_gpus(arch):
                    fusion.explain(linear_sigmoid_bce, x, w, torch.rand(64, 32))):
         rep = report.kernels[0].compile_for(arch)
         assert rep.spills == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=SHORT.get)
+def test_half_operands_are_checked_as_eager_stores_them(dtype):
+    """An fp16 probability computed in fp32 inside the kernel (1.0 * 1.0002) is checked
+    rounded to fp16, as eager checks its fp16 tensor: 1.0, valid."""
+    p = torch.tensor([1.0, 0.5, 0.0], dtype=dtype, device=DEVICE)
+    y = torch.tensor([1.0, 0.5, 0.0], dtype=dtype, device=DEVICE)
+
+    def scaled(p, y):
+        return F.binary_cross_entropy(p * 1.0002, y, reduction="none")
+    torch.testing.assert_close(fusion.compile(scaled)(p, y), scaled(p, y), atol=1e-3, rtol=1e-2)
+    _assert_raises_like(lambda: fusion.compile(scaled)(p * 1.01, y), INPUT, lambda: scaled(p * 1.01, y))
