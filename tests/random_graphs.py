@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 import fusion
-from graph_judge import RTOL, accurate_grads, compare
+from graph_judge import RTOL, accurate_grads, compare, witness
 from ir.ops import OPS, OpKind
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -217,10 +217,12 @@ def check(prog: Program, seed: int = 0) -> tuple[int, str]:
         for xs in (ours_in, ref_in, wide_in):
             xs[i].requires_grad_()
     ours, ref, wide = compiled(*ours_in), fn(*ref_in), fn(*wide_in)
+    wit = witness(steps(prog), _input_values(prog), wide_in, torch.finfo(prog.tol_dtype).eps)
     for k, (o, r, w) in enumerate(zip(ours, ref, wide)):
         if o.dtype != r.dtype or o.shape != r.shape:
             return 0, f"output {k}: {o.dtype}{list(o.shape)} vs eager {r.dtype}{list(r.shape)}"
-        problem = compare(o, r, w, prog.tol_dtype)
+        v = prog.outputs[k]
+        problem = compare(o, r, w, prog.tol_dtype, magnitude=wit.magnitude[v], unjudged=wit.ambiguous[v])
         if problem:
             return 0, f"output {k}: {problem}"
     kernels = sum(len(k.variants) for p in compiled.plans for k in p.kernels.values())
@@ -235,13 +237,17 @@ def check(prog: Program, seed: int = 0) -> tuple[int, str]:
             grads.append(torch.autograd.grad(outs, leaves, [w.to(o.dtype) for w, o in zip(weights, outs)],
                                              allow_unused=True))
         outputs = [k for k, o in zip(prog.outputs, ours) if o.requires_grad]
-        accurate = accurate_grads(steps(prog), _input_values(prog), wide_in, dict(zip(outputs, weights)),
-                                  [_input_values(prog)[i] for i in prog.grads])
-        for i, (o, r, w), (a, m) in zip(prog.grads, zip(*grads), accurate):
+        wanted = [_input_values(prog)[i] for i in prog.grads]
+        seeds = dict(zip(outputs, weights))
+        accurate = accurate_grads(steps(prog), wit, seeds, wanted)
+        poisoned = accurate_grads(steps(prog), wit, seeds, wanted, poison=True)
+        for i, (o, r, w), (a, m), (p, _) in zip(prog.grads, zip(*grads), accurate, poisoned):
             if (o is None) != (r is None):
                 return kernels, f"grad of input {i}: None vs {r is None}"
             if o is not None:
-                problem = compare(o, r, w, prog.tol_dtype, grad=True, accurate=a, magnitude=m)
+                unjudged = None if a is None else torch.isnan(p) & ~torch.isnan(a)
+                problem = compare(o, r, w, prog.tol_dtype, grad=True, accurate=a, magnitude=m,
+                                  unjudged=unjudged)
                 if problem:
                     return kernels, f"grad of input {i}: {problem}"
     return kernels, ""

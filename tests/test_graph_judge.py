@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import random_graphs
-from graph_judge import accurate_grads, compare, compensated_sum
+from graph_judge import accurate_grads, compare, compensated_sum, witness
 
 pytestmark = pytest.mark.cpu_only  # builds CPU tensors; the programs run in the interpreter
 
@@ -34,7 +34,8 @@ def test_absorbed_gradient_term_in_float64():
     x = t([-1e-40, 2.0])
     w0, w1 = t([-0.5177, 0.25]), t([0.7, 0.7])
     steps = {1: (torch.div, [0, 0], {})}
-    (grad, magnitude), = accurate_grads(steps, [0], [x], {0: w0, 1: w1}, [0])
+    wit = witness(steps, [0], [x], torch.finfo(torch.float64).eps)
+    (grad, magnitude), = accurate_grads(steps, wit, {0: w0, 1: w1}, [0])
     assert grad.tolist() == w0.tolist()  # the compensated sum keeps w0
     xx = x.clone().requires_grad_()
     (eager,) = torch.autograd.grad((xx, xx / xx), [xx], [w0, w1])
@@ -59,9 +60,33 @@ def test_compensated_sum_keeps_what_a_plain_sum_absorbs():
     assert compensated_sum([]) is None
 
 
-@pytest.mark.parametrize("seed", [102503, 104721])
+def test_rounding_once_where_eager_rounds_each_step_is_within_the_magnitude():
+    # bf16 (v - 0.5) - v at v = 1e4: -0.5 rounded once, 0 in eager (v - 0.5 rounds to v)
+    v = t([1e4, 3.0])
+    steps = {1: (torch.sub, [0, ("const", 0.5)], {}), 2: (torch.sub, [1, 0], {})}
+    wit = witness(steps, [0], [v], torch.finfo(torch.bfloat16).eps)
+    ours, eager = t([-0.5, -0.5], torch.bfloat16), t([0.0, -0.5], torch.bfloat16)
+    assert compare(ours, eager, eager, torch.bfloat16, magnitude=wit.magnitude[2]) == ""
+    assert compare(t([-0.5, -0.8], torch.bfloat16), eager, eager, torch.bfloat16,
+                   magnitude=wit.magnitude[2]) != "", "where the terms are small, -0.8 is still wrong"
+
+
+def test_elements_behind_a_comparison_too_close_to_call_are_not_judged():
+    # where(a <= a / 3 * 3, 1, 2): the comparison holds or not by one rounding
+    a = t([0.1, 5.0, 7.0])
+    steps = {1: (torch.div, [0, ("const", 3.0)], {}), 2: (torch.mul, [1, ("const", 3.0)], {}),
+             3: (torch.le, [0, 2], {}), 4: (torch.where, [3, ("const", 1.0), ("const", 2.0)], {})}
+    wit = witness(steps, [0], [a], torch.finfo(torch.float64).eps)
+    assert wit.ambiguous[4].tolist() == [True, True, True]
+    far = witness({1: (torch.le, [0, ("const", 1.0)], {}), 2: (torch.where, [1, 0, ("const", 2.0)], {})},
+                  [0], [a], torch.finfo(torch.float64).eps)
+    assert far.ambiguous[2].tolist() == [False, False, False]
+
+
+@pytest.mark.parametrize("seed", [102503, 104721, 120016, 120554])
 def test_fuzzer_programs_where_eager_was_the_outlier_pass(seed):
-    # 102503: fp16 pow(v, 3) - v past 65504; 104721: float64 (x, x / x) at x = -1e-40
+    # 102503: fp16 pow(v, 3) - v past 65504; 104721: float64 (x, x / x) at x = -1e-40;
+    # 120016: bf16 (v - 0.5) - v at v = 1e4; 120554: where(silu(x) <= silu(x) / x * x, ...)
     rng = random.Random(seed)
     prog = random_graphs.generate(lambda name, opts: rng.choice(list(opts)), rng.randint(1, 6))
     _, problem = random_graphs.check(prog, seed)
