@@ -99,7 +99,7 @@ def tanh(x):
         small = a < 0.625
     big = 1.0 - 2.0 / (accurate_exp(2.0 * a) + 1.0)
     t = tl.where(small, p, big)
-    return tl.where(x < 0, -t, t)
+    return tl.where(x == 0, x, tl.where(x < 0, -t, t))  # tanh(-0.0) is -0.0, as in torch
 ''',
     "ipow": '''
 @triton.jit

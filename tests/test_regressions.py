@@ -125,3 +125,33 @@ def test_division_gradient_of_a_tiny_divisor_does_not_underflow():
     ours, ref = _grad_pair(lambda a, b: a / b, a, b)
     for o, r in zip(ours, ref):
         torch.testing.assert_close(o, r, equal_nan=True)
+
+
+# ---- found by tools/fuzz_graphs.py (seeds 120000-124999) ---------------------------------
+
+def _unary_table_ops():
+    from ir.ops import OPS, OpKind
+    for name, d in OPS.items():
+        if d.kind == OpKind.POINTWISE and not d.internal and d.arity == 1 and d.operand_domains() != ("bool",):
+            for attrs in d.sample_attrs((5,)):
+                yield pytest.param(name, attrs, id=f"{name}-{attrs}")
+
+
+@pytest.mark.parametrize("name, attrs", _unary_table_ops())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_signed_zeros_keep_their_sign_like_eager(name, attrs, dtype):
+    # seed 121737: tanh(-0.0) was +0.0, so log(tanh(x))'s gradient at -0.0 was -inf, not +inf
+    from ir.ops import OPS
+    x = torch.tensor([-0.0, 0.0, -1e-30, 1e-30], dtype=dtype)
+    fn = (lambda op, a: lambda t: op(t, **a))(OPS[name].eager, attrs)
+    ours, ref = fusion.compile(fn)(x), fn(x)
+    if ref.is_floating_point():
+        numbers = ~ref.isnan()  # a NaN's sign bit means nothing
+        assert torch.equal(torch.signbit(ours[numbers]), torch.signbit(ref[numbers])), \
+            f"{ours.tolist()} vs eager {ref.tolist()}"
+
+
+def test_log_of_tanh_gradient_at_negative_zero():
+    x = torch.tensor([-0.0, 0.0, -1.5], dtype=torch.float64)
+    ours, ref = _grad_pair(lambda x: torch.log(torch.tanh(x)), x)
+    torch.testing.assert_close(ours[0], ref[0], equal_nan=True)
