@@ -103,13 +103,13 @@ class PointwiseKernel(FusedKernel):
                 if kind == InputLayout.STRIDED:
                     args.extend(strides)
             args += outs
-            flags = self.flags.buffer(device) if self.flags else None
-            args += [flags] if self.flags else []
+            flags = [self.flags.buffer(device)] if self.flags else []
+            args += flags
             args += list(variant.layout.sizes[1:])
             args.append(n)
             self.launch(variant.fn, self.grid, args, BLOCK_SIZE=self.block)
-            if self.flags:
-                self.flags.raise_if_set(flags)
+            for buf in flags:  # after the launch: eager's error if an element failed a check
+                self.flags.raise_if_set(buf)
         return [t if combine is None else combine(t, n).to(o.dtype)
                 for o, t, (_, _, combine) in zip(self.group.outputs, outs, self.allocs)]
 
