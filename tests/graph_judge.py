@@ -89,29 +89,38 @@ def witness(steps: dict, inputs: list, xs: list, eps: float) -> Witness:
 
     A result's magnitude is its own size plus its operands' magnitudes carried
     through the step's derivative (first-order error propagation, each operand
-    apart so that nothing cancels). A comparison is ambiguous where its operands
-    are closer than their rounding allows; ambiguity follows the data: NaN put
-    where an operand is ambiguous shows which results depend on it.
+    apart so that nothing cancels; inputs and literals are exact, in every run).
+    A comparison is ambiguous where its operands are closer than their rounding
+    allows; ambiguity follows the data: NaN put where an operand is ambiguous
+    shows which results depend on it.
     """
     wit = Witness()
     for k, x in zip(inputs, xs):
         wit.values[k] = x.detach()
-        wit.magnitude[k] = x.detach().abs()
+        wit.magnitude[k] = torch.zeros_like(x, dtype=torch.float64)  # inputs are exact, in every run
         wit.ambiguous[k] = torch.zeros_like(x, dtype=torch.bool)
     for k in sorted(steps):
         fn, refs, attrs = steps[k]
         args = [wit.values[r] if isinstance(r, int) else r[1] for r in refs]
         out = wit.values[k] = fn(*args, **attrs)
         if out.dtype == torch.bool:
-            a, b = (wit.values[r] if isinstance(r, int) else r[1] for r in refs)
-            ma, mb = (wit.magnitude.get(r, 0.0) if isinstance(r, int) else abs(r[1]) for r in refs)
-            near = (torch.as_tensor(a) - b).abs() <= ROUNDINGS * eps * (ma + mb)
-            wit.ambiguous[k] = near | _spread(refs, wit.ambiguous, out.shape)
+            wit.ambiguous[k] = _near_tie(refs, wit, eps) | _spread(refs, wit.ambiguous, out.shape)
             continue
         wit.magnitude[k] = out.abs() + sum(_carried(fn, args, attrs, j, wit.magnitude[r])
                                            for j, r in enumerate(refs) if _is_float(r, wit))
         wit.ambiguous[k] = _poisoned(fn, refs, attrs, wit, out)
     return wit
+
+
+def _near_tie(refs, wit: Witness, eps: float):
+    """Where a comparison's operands are closer than their rounding errors: another
+    evaluation order may decide it the other way. A value compared with itself
+    (x >= x) is decided the same way by every evaluation; inputs and literals are exact."""
+    if refs[0] == refs[1]:
+        return torch.zeros((), dtype=torch.bool)
+    a, b = (torch.as_tensor(wit.values[r] if isinstance(r, int) else r[1]) for r in refs)
+    ma, mb = (wit.magnitude.get(r, 0.0) if isinstance(r, int) else 0.0 for r in refs)
+    return (a.double() - b.double()).abs() < ROUNDINGS * eps * (ma + mb)
 
 
 def _is_float(ref, wit: Witness) -> bool:
