@@ -155,3 +155,26 @@ def test_log_of_tanh_gradient_at_negative_zero():
     x = torch.tensor([-0.0, 0.0, -1.5], dtype=torch.float64)
     ours, ref = _grad_pair(lambda x: torch.log(torch.tanh(x)), x)
     torch.testing.assert_close(ours[0], ref[0], equal_nan=True)
+
+
+def test_a_value_that_only_feeds_a_comparison_in_the_next_kernel_gets_no_gradient():
+    # seed 123369: relu(a), expanded, feeds only `>` inside the next kernel; eager's graph never
+    # reaches a (None), ours passed zeros back through the relu kernel
+    a = torch.randn(1, 7, 3, requires_grad=True)
+    b = torch.randn(7, 7, 3, requires_grad=True)
+
+    def f(a, b):
+        r = torch.relu(a).expand(7, 7, 3)
+        return torch.where(r > r, b * 2, 0.0)
+
+    ours, ref = _grads(f, a, b)
+    assert ours[0] is None and ref[0] is None
+    torch.testing.assert_close(ours[1], ref[1])
+
+
+def _grads(fn, *args):
+    ours_in = [a.detach().clone().requires_grad_(a.requires_grad) for a in args]
+    ref_in = [a.detach().clone().requires_grad_(a.requires_grad) for a in args]
+    ours, ref = fusion.compile(fn)(*ours_in), fn(*ref_in)
+    return (torch.autograd.grad(ours, ours_in, torch.ones_like(ours), allow_unused=True),
+            torch.autograd.grad(ref, ref_in, torch.ones_like(ref), allow_unused=True))
