@@ -222,7 +222,8 @@ def check(prog: Program, seed: int = 0) -> tuple[int, str]:
         if o.dtype != r.dtype or o.shape != r.shape:
             return 0, f"output {k}: {o.dtype}{list(o.shape)} vs eager {r.dtype}{list(r.shape)}"
         v = prog.outputs[k]
-        problem = compare(o, r, w, prog.tol_dtype, magnitude=wit.magnitude[v], unjudged=wit.ambiguous[v])
+        problem = compare(o, r, w, prog.tol_dtype, accurate=wit.values[v], magnitude=wit.magnitude[v],
+                          unjudged=wit.ambiguous[v])
         if problem:
             return 0, f"output {k}: {problem}"
     kernels = sum(len(k.variants) for p in compiled.plans for k in p.kernels.values())
@@ -254,8 +255,16 @@ def check(prog: Program, seed: int = 0) -> tuple[int, str]:
 
 
 def steps(prog: Program) -> dict:
-    """value index -> (eager callable, refs, attrs) for the program's steps (the judge's view)."""
-    return {k: (OPS[v[1]].eager, v[2], v[3]) for k, v in enumerate(prog.values) if v[0] == "step"}
+    """value index -> (eager callable, refs, attrs) for the program's steps, as the judge's
+    float64 witness runs them: a cast rounds the value as the program says, and the value
+    stays float64, and the gradient passes through it unrounded (rounding a gradient to
+    fp16 is eager's per-op rounding, not the program's)."""
+    return {k: (_rounding_cast if v[1] == "cast" else OPS[v[1]].eager, v[2], v[3])
+            for k, v in enumerate(prog.values) if v[0] == "step"}
+
+
+def _rounding_cast(x, dtype):
+    return x + (x.to(dtype).to(x.dtype) - x).detach()
 
 
 def _input_values(prog: Program) -> list:
