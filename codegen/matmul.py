@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from codegen.layouts import EpilogueLayout
-from codegen.pointwise import REFERENCE_NOTE, emit_body, input_name, load_cast, namer, store_cast
+from codegen.checks import CHECKS_PARAM, check_lines
+from codegen.pointwise import REFERENCE_NOTE, emit_body, input_name, load_cast, namer, operand_expr, store_cast
 from codegen.prelude import helpers_used
 from ir.graph import Node, format_node, format_value
 
@@ -38,6 +39,7 @@ class MatmulSpec:
     int64: bool         # 64-bit offsets: some tensor reaches 2**31 elements
     precision: str      # tl.dot input_precision for fp32 inputs: "ieee" or "tf32"
     numerics: str = "default"   # the epilogue's numerics policy (codegen.pointwise.NUMERICS)
+    checks: tuple = ()  # (node, ValueCheck) pairs the epilogue flags (codegen.checks)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def emit_matmul(spec: MatmulSpec, a: Node, b: Node, b_transposed: bool = False,
         loads.append((layout, f"{base} = {load}{load_cast(node)}"))
     for k, out in enumerate(spec.outputs):
         params.append((f"out{k}_ptr", f"%{out.id}: {out.type_str()}, written contiguous"))
+    params += [CHECKS_PARAM] if spec.checks else []
     params.append(("M, N, K", "out[M, N] = A[M, K] @ B[K, N], per batch"))
     params += strides
     if spec.batch_rank > 1:
@@ -176,6 +179,8 @@ def _epilogue(spec: MatmulSpec, var: dict, loads: list, taken: set, reference: b
         elif c == 0:
             lines.append(f"# acc is {format_node(spec.anchor)}")
         lines += emit_body(spec.epilogue, chunk_var, fresh, spec.numerics, reference)
+        if not reference:  # eager's value checks, flagged by every chunk alike
+            lines += check_lines(spec.checks, lambda node, k: operand_expr(node, k, chunk_var))
         lines.append("offs_out = offs_m[:, None] * N + offs_n[None, :]")
         lines += [f"tl.store(out{k}_ptr + offs_out, {store_cast(chunk_var[out], f'out{k}_ptr')}, mask=mask)"
                   for k, out in enumerate(spec.outputs)]

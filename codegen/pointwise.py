@@ -9,13 +9,14 @@ rounded once at the store.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 import torch
 
+from codegen.checks import CHECKS_PARAM, check_lines
 from codegen.layouts import InputLayout
+from codegen.literals import emit_literal, scalar_type
 from codegen.prelude import helpers_used
 from ir.graph import Node, format_node, format_value
 from ir.ops import OPS, OpKind
@@ -38,6 +39,7 @@ class PointwiseSpec:
     rank: int           # rank of the (collapsed) iteration space
     int64: bool         # 64-bit offsets: some tensor has 2**31 elements or more
     numerics: str = "default"   # "default" or "exact": see NUMERICS
+    checks: tuple = ()  # (node, ValueCheck) pairs the kernel flags (codegen.checks)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,9 @@ def emit_pointwise(spec: PointwiseSpec, name: str | None = None, reference: bool
             continue
         params.append((ptr, f"%{out.id}: {out.type_str()}, written contiguous"))
         stores.append(f"tl.store({ptr} + offs, {store_cast(var[out], ptr)}, mask=mask)")
+    if spec.checks:
+        params.append(CHECKS_PARAM)
+        stores += check_lines(spec.checks, lambda n, k: operand_expr(n, k, var))
     sizes = [f"size{d}" for d in range(1, spec.rank)]
     if sizes:
         params.append((", ".join(sizes), f"iteration space [size0, {', '.join(sizes)}]; "
@@ -216,6 +221,11 @@ def tier(dtype: torch.dtype, numerics: str = "default") -> str:
     return "fp32"
 
 
+def operand_expr(n: Node, k: int, var: dict) -> str:
+    """Operand ``k`` of ``n`` as the op reads it (what its value checks test)."""
+    return _operand(n, n.inputs[k], k, var)
+
+
 def _operand(n: Node, x, k: int, var: dict) -> str:
     """Operand ``k`` of ``n`` as an expression in the type the op computes in."""
     promotion = OPS[n.op].promotion
@@ -226,16 +236,16 @@ def _operand(n: Node, x, k: int, var: dict) -> str:
     else:
         want = compute_type(n.dtype)
     if not isinstance(x, Node):
-        return _literal(x, want)
+        return _literal(n, x, want)
     have = compute_type(x.dtype)
     return var[x] if want is None or want == have else f"{var[x]}.to({want})"
 
 
-def _literal(v, want: str | None) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, float) and not math.isfinite(v):
-        return {"inf": 'float("inf")', "-inf": 'float("-inf")'}.get(repr(v), 'float("nan")')
-    if isinstance(v, int) and want is not None and want.startswith("tl.float"):
-        return repr(float(v))
-    return repr(v)
+def _literal(n: Node, v, want: str | None) -> str:
+    """A Python scalar operand of ``n``, converted as eager converts it (codegen.literals)."""
+    if want is None:  # an attr-like operand the op's expression reads as is
+        return repr(v)
+    promotion = OPS[n.op].promotion
+    values = n.inputs[1:] if promotion == "select" else n.inputs
+    dtype = scalar_type(n.dtype, promote(n.inputs) if promotion == "bool" else n.dtype, promotion)
+    return emit_literal(v, dtype, want, typed=not any(isinstance(i, Node) for i in values))

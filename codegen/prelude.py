@@ -217,7 +217,7 @@ def ipow(x, n: tl.constexpr):
     # x ** n for a compile-time integer n >= 1, by left-to-right binary powering over
     # the bits of n: at most 2 log2(n) roundings, and exact signs for negative x
     result = x
-    for i in tl.static_range(30, -1, -1):
+    for i in tl.static_range(62, -1, -1):  # any n below 2**63 (torch.pow with an int64 exponent)
         if (n >> i) > 1:
             result = result * result
             if ((n >> i) & 1) == 1:

@@ -191,6 +191,10 @@ class CompiledModule(torch.nn.Module):
             self._warn_once("functorch", "fusion: calls inside torch.func transforms (vmap, grad, "
                             "jacrev) run eagerly: generated kernels cannot read batched tensors.")
             return self._orig(*args, **kwargs)
+        if kwargs and self._binder.signature is None:  # a builtin: no names to bind keywords to
+            self._warn_once("kwargs", f"fusion: {self._orig!r} has no Python signature: calls "
+                            "with keyword arguments run eagerly (pass them positionally).")
+            return self._orig(*args, **kwargs)
         given = -1 if kwargs else len(args)   # positional arguments as passed (the hot path's)
         args = self._binder.bind(args, kwargs)
         key = signature_key(self.training, args)
@@ -262,6 +266,11 @@ class CompiledModule(torch.nn.Module):
     def _traced_for(self, args: tuple) -> Traced:
         """The fx capture; if plain tracing fails, one with this call's Python arguments
         fixed (as torch.compile specialises on them)."""
+        if self._binder.signature is None:  # a builtin: traced per number of arguments
+            key = ("n_args", len(args))
+            if key not in self._specialized:
+                self._specialized[key] = trace_with_state(self._orig, n_args=len(args))
+            return self._specialized[key]
         if self._traced is None and self._trace_error is None:
             try:
                 _refuse_hooks(self._orig)

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from codegen.cache import load_kernel, source_path
+from codegen.checks import checks_of
 from codegen.layouts import InputLayout
 from codegen.pointwise import EmittedKernel, PointwiseSpec, emit_pointwise
 from codegen.triton_compat import launch
+from fusion.checks import ValueFlags
 from fusion.layout import Layout, memory_order, plan_layout
 from fusion.modes import Mode
 from ir.graph import numel
@@ -87,6 +89,10 @@ class PointwiseKernel(FusedKernel):
         self.allocs = [(self.grid, _partial_dtype(o), OPS[o.op].combine) if _is_reduction(o)
                        else (self.shape, o.dtype, None) for o in group.outputs]
         self.elementwise_outputs = [o for o in group.outputs if not _is_reduction(o)]
+        # eager's value checks (bce's ranges), made by forward kernels: a backward sees
+        # only values its forward already checked
+        self.checks = checks_of(group.nodes) if role == "forward" else ()
+        self.flags = ValueFlags(self.checks) if self.checks else None
 
     def __call__(self, inputs: list[torch.Tensor], keep: tuple = ()) -> list[torch.Tensor]:
         assert not keep, "a pointwise kernel keeps nothing for backward"
@@ -102,9 +108,13 @@ class PointwiseKernel(FusedKernel):
                 if kind == InputLayout.STRIDED:
                     args.extend(strides)
             args += outs
+            flags = [self.flags.buffer(device)] if self.flags else []
+            args += flags
             args += list(variant.layout.sizes[1:])
             args.append(n)
             self.launch(variant.fn, self.grid, args, BLOCK_SIZE=self.block)
+            for buf in flags:  # after the launch: eager's error if an element failed a check
+                self.flags.raise_if_set(buf)
         return [t if combine is None else combine(t, n).to(o.dtype)
                 for o, t, (_, _, combine) in zip(self.group.outputs, outs, self.allocs)]
 
@@ -138,7 +148,7 @@ class PointwiseKernel(FusedKernel):
     def _build(self, layout: Layout, inputs) -> Variant:
         g = self.group
         spec = PointwiseSpec(tuple(g.nodes), tuple(g.inputs), layout.kinds, tuple(g.outputs),
-                             len(layout.sizes), layout.int64, self.numerics)
+                             len(layout.sizes), layout.int64, self.numerics, self.checks)
         emitted = emit_pointwise(spec)
         log_source(self.role, emitted.name, emitted.source)
         fn = load_kernel(emitted.name, emitted.source)
@@ -147,6 +157,7 @@ class PointwiseKernel(FusedKernel):
             example.append(("ptr", t.dtype))
             example += [("int", s) for s in (strides if kind == InputLayout.STRIDED else ())]
         example += [("ptr", _partial_dtype(o) if _is_reduction(o) else o.dtype) for o in g.outputs]
+        example += [("ptr", torch.int32)] if self.checks else []
         n = numel(layout.sizes)
         example += [("int", s) for s in layout.sizes[1:]] + [("int", n)]
         return Variant(emitted, fn, layout, example, spec)

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import torch
 
 from codegen.cache import load_kernel, source_path
+from codegen.checks import checks_of
 from codegen.layouts import EpilogueLayout
 from codegen.matmul import MatmulEmitted, MatmulSpec, emit_matmul
+from fusion.checks import ValueFlags
 from fusion.kernel import FusedKernel, log_source
 from fusion.matmul_layout import MatmulLayout, plan_matmul_layout
 from fusion.matmul_tiles import TileConfig, gpu_candidates, interpreter_config, without_spills
@@ -94,6 +96,9 @@ class MatmulKernel(FusedKernel):
         # the matmul result, which the backward reads instead of recomputing it when K is large
         self.keep_for_backward = () if recompute_in_backward(self.K) else (self.anchor,)
         self.layouts: dict[tuple, MatmulLayout] = {}  # by operand shapes and strides seen
+        # eager's value checks on the epilogue (bce's ranges), made by forward kernels
+        self.checks = checks_of(self.epilogue) if role == "forward" else ()
+        self.flags = ValueFlags(self.checks) if self.checks else None
 
     def __call__(self, inputs: list[torch.Tensor], keep: tuple = ()) -> list[torch.Tensor]:
         """The group's outputs, then one tensor per ``keep`` node (written too)."""
@@ -115,6 +120,8 @@ class MatmulKernel(FusedKernel):
             return self._eager(env, outputs, keep)
         variant = self.variant_for(layout, extras)
         values = _arguments(variant.emitted.bases, layout, a, b, epi, outs)
+        if self.flags:
+            values["checks_ptr"] = self.flags.buffer(device)
         args = [values[n] for n in variant.emitted.arg_names]
         M, N = layout.M, layout.N
         if self.mode == Mode.TRITON:
@@ -128,6 +135,8 @@ class MatmulKernel(FusedKernel):
             cfg = interpreter_config(M, N, layout.K)
             grid = (triton_cdiv(M, cfg.BLOCK_M) * triton_cdiv(N, cfg.BLOCK_N), layout.batch_count)
             self.launch(variant.fn, grid, args, **cfg.constexprs)
+        if self.flags:
+            self.flags.raise_if_set(values["checks_ptr"])
         return self._with_keep(outs, outputs, keep)
 
     def _with_keep(self, outs, outputs, keep):
@@ -162,7 +171,7 @@ class MatmulKernel(FusedKernel):
         outputs = list(self.group.outputs) + list(extras)
         spec = MatmulSpec(self.anchor, self.bias, tuple(self.epilogue), tuple(self.epilogue_inputs),
                           layout.kinds, tuple(outputs), len(layout.batch), layout.int64, precision,
-                          self.numerics)
+                          self.numerics, self.checks)
         emitted = emit_matmul(spec, self.a, self.b, self.b_transposed)
         log_source(self.role, emitted.name, emitted.source)
         fn = load_kernel(emitted.name, emitted.source)
@@ -171,6 +180,7 @@ class MatmulKernel(FusedKernel):
         # the arguments' types and values as compile_for needs them: dtypes stand for tensors
         values = _arguments(emitted.bases, layout, self.a.dtype, self.b.dtype,
                             [i.dtype for i in self.epilogue_inputs], [o.dtype for o in outputs])
+        values.update({"checks_ptr": torch.int32} if self.checks else {})
         example = [_example(values[n]) for n in emitted.arg_names]
         return MatmulVariant(emitted, fn, candidates[0], candidates, example, tuple(outputs), spec=spec)
 

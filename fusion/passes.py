@@ -6,7 +6,7 @@ from ir.rewrite import eliminate_dead_code
 
 
 def rewrite_sigmoid_bce(graph: Graph) -> Graph:
-    """``bce(sigmoid(z), y)`` -> ``bce_logits(z, y)``.
+    """``bce(sigmoid(z), y)`` -> ``bce_logits_checked(z, y)``: bce_logits with bce's value checks.
 
     On probabilities, torch clamps log at -100, so once sigmoid saturates
     (|z| > ~17 in fp32) the loss is capped and the gradient vanishes; the logits
@@ -21,9 +21,10 @@ def rewrite_sigmoid_bce(graph: Graph) -> Graph:
     for n in graph.nodes:
         if n in hits:
             z, y = n.inputs[0].inputs[0], n.inputs[1]
-            env[n] = out.call("bce_logits", env[z], env[y] if isinstance(y, Node) else y)
+            # the logits form, with the value checks eager makes on bce's operands
+            env[n] = out.call("bce_logits_checked", env[z], env[y] if isinstance(y, Node) else y)
             out.notes.append(f"%{n.id} = bce(sigmoid(%{z.id}), ...) rewritten to the stable "
-                             f"bce_logits(%{z.id}, ...)")
+                             f"bce_logits(%{z.id}, ...) form")
             continue
         ins = tuple(env[i] if isinstance(i, Node) else i for i in n.inputs)
         env[n] = out.add_node(n.op, ins, n.attrs, n.shape, n.dtype, n.device, n.name)

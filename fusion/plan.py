@@ -12,6 +12,7 @@ a matmul result) and the backward plan that reads them. The runtime
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from fusion.kernel import FusedKernel, PointwiseKernel
@@ -32,6 +33,13 @@ class Step:
     group: Group
     kernel: FusedKernel | None
     backward: dict = field(default_factory=dict)  # needs -> BackwardPlan, built on first use
+
+    @functools.cached_property
+    def grad_paths(self) -> tuple:
+        """Per group input: whether a gradient can flow from it to a group output
+        (not one that only feeds a comparison)."""
+        outputs = set(self.group.outputs)
+        return tuple(bool(_reaches(self.group, {x}) & outputs) for x in self.group.inputs)
 
     def backward_for(self, needs: tuple) -> "BackwardPlan":
         """The backward of this step for one pattern of needed input gradients (cached)."""

@@ -106,8 +106,13 @@ _PLAN_IDS = itertools.count()
 
 def launch_step(step: Step, inputs: list) -> list:
     """Launch a fused step's kernel, through autograd when some input needs a gradient."""
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
-        return list(FusedKernelFunction.apply(step, *inputs))
+    if torch.is_grad_enabled():
+        # an input from which no gradient reaches an output (it only feeds a comparison) is
+        # kept out of autograd's graph: eager gives it no gradient (None), not zeros
+        inputs = [t.detach() if isinstance(t, torch.Tensor) and t.requires_grad and not path else t
+                  for t, path in zip(inputs, step.grad_paths)]
+        if any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
+            return list(FusedKernelFunction.apply(step, *inputs))
     return step.kernel(inputs)
 
 

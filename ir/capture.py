@@ -5,7 +5,9 @@ Lowering that graph to the IR, per input signature, is ``ir.lower``.
 """
 from __future__ import annotations
 
+import inspect
 import threading
+import types
 from dataclasses import dataclass
 
 import torch
@@ -53,26 +55,78 @@ class _RecordingTracer(InplaceTracer):
         return super().call_module(m, forward, args, kwargs)
 
 
-def trace(model, concrete_args: dict | None = None) -> fx.GraphModule:
-    """Symbolically trace ``model`` (an nn.Module or a function of tensors),
-    with ``concrete_args`` (Python values) fixed if given."""
-    return trace_with_state(model, concrete_args).gm
+def trace(model, concrete_args: dict | None = None, n_args: int | None = None) -> fx.GraphModule:
+    """Symbolically trace ``model`` (an nn.Module or any callable of tensors),
+    with ``concrete_args`` (Python values) fixed if given. ``n_args``: how many
+    positional arguments the call passes, for callables without a Python
+    signature (``torch.sigmoid``, ``functools.partial(torch.mul, other=2)``)."""
+    return trace_with_state(model, concrete_args, n_args).gm
 
 
-def trace_with_state(model, concrete_args: dict | None = None) -> Traced:
+def trace_with_state(model, concrete_args: dict | None = None, n_args: int | None = None) -> Traced:
     """``trace``, and the Python state the traced code read (to guard)."""
     tracer = _RecordingTracer()
+    name = getattr(model, "__name__", type(model).__name__)
     try:
+        root = model if isinstance(model, (torch.nn.Module, types.FunctionType)) else as_function(model, n_args)
         with _TRACE_LOCK:  # fx patches global functions while it traces: one at a time
-            graph = tracer.trace(model, concrete_args=concrete_args)
+            graph = tracer.trace(root, concrete_args=concrete_args)
+    except CaptureError:
+        raise
     except Exception as e:  # fx raises TraceError, TypeError, ... depending on the construct
-        name = getattr(model, "__name__", type(model).__name__)
         hint = (" Data-dependent control flow (if/while on tensor values) cannot be captured."
                 if "control flow" in str(e) or "iterated" in str(e) else "")
         raise CaptureError(
             f"fusion: torch.fx cannot trace {name}: {type(e).__name__}: {e}.{hint} "
             "Pass fallback='eager' to run such a model eagerly.") from e
-    name = model.__class__.__name__ if isinstance(model, torch.nn.Module) else getattr(
-        model, "__name__", type(model).__name__)
-    gm = fx.GraphModule(tracer.root, graph, name)
-    return Traced(gm, state_reads(model, tracer.traced))
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__ if isinstance(model, torch.nn.Module)
+                        else root.__name__)
+    return Traced(gm, state_reads(root, tracer.traced))
+
+
+def as_function(fn, n_args: int | None = None) -> types.FunctionType:
+    """A plain Python function with ``fn``'s parameters that calls ``fn``: torch.fx
+    traces only functions and modules, and users pass builtins (``torch.sigmoid``,
+    ``operator.mul``), ``functools.partial`` objects, bound methods and callable
+    objects. Without a Python signature the parameters are ``n_args`` positional
+    ones, known once the first call is seen."""
+    params = _plain_parameters(fn)
+    if params is None:
+        if n_args is None:
+            raise CaptureError(f"fusion: {getattr(fn, '__name__', fn)!r} has no Python signature: "
+                               "it is traced at its first call, with that call's arguments")
+        params = [inspect.Parameter(f"x{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for i in range(n_args)]
+    scope: dict = {"_fn": fn}
+    declared, passed, keyword_only = [], [], False
+    for i, p in enumerate(params):
+        if p.kind == p.KEYWORD_ONLY and not keyword_only:
+            declared.append("*")
+            keyword_only = True
+        if p.default is not p.empty:
+            scope[f"_default{i}"] = p.default
+        declared.append(p.name + (f"=_default{i}" if p.default is not p.empty else ""))
+        passed.append(f"{p.name}={p.name}" if p.kind == p.KEYWORD_ONLY else p.name)
+    name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "fn")
+    name = name if name.isidentifier() else "fn"
+    # an unbound tensor method (torch.Tensor.sigmoid) is called on its first argument:
+    # the descriptor itself refuses fx's proxies
+    call = (f"{passed[0]}.{name}({', '.join(passed[1:])})" if isinstance(fn, _METHOD_DESCRIPTORS) and passed
+            else f"_fn({', '.join(passed)})")
+    exec(f"def {name}({', '.join(declared)}):\n    return {call}\n", scope)
+    return scope[name]
+
+
+_METHOD_DESCRIPTORS = (types.MethodDescriptorType, types.WrapperDescriptorType)
+
+
+def _plain_parameters(fn) -> list | None:
+    """``fn``'s parameters, or None when it has no Python signature or takes
+    ``*args``/``**kwargs`` (fx needs each argument by name)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return None
+    return params
+

@@ -16,10 +16,11 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from ir.capture import CaptureError, NotLowered
+from ir.eager_checks import call_checked, eager_error
 from ir.extern import element, is_tuple_node, make_extern
 from ir.graph import Graph, Node
-from ir.ops import DECOMPOSITIONS, OPS
-from ir.types import meta
+from ir.ops import DECOMPOSITIONS, FUSIBLE, OPS
+from ir.types import meta, require_kernel_types
 
 
 def _alias_table() -> dict:
@@ -160,12 +161,15 @@ def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
         given = {a: getattr(target, a) for a in d.module_attrs} if isinstance(alias, type) else kwargs
         try:
             inputs, attrs = (d.parse(alias, args, given) if d.parse
-                             else (tuple(args), _no_kwargs(given)))
+                             else (_positional(args, given), {}))
             if all(not isinstance(i, Node) for i in inputs):
                 raise NotImplementedError("no tensor operand")
             if any(not isinstance(i, (Node, bool, int, float)) for i in inputs):
                 raise NotImplementedError(f"operands {inputs} are not tensors or scalars")
-            return g.call(name, *inputs, **attrs)
+            if d.kind not in FUSIBLE:
+                return g.call(name, *inputs, **attrs)
+            require_kernel_types(name, inputs, attrs)
+            return call_checked(g, name, inputs, attrs, eager_error(n, target, args, kwargs))
         except NotImplementedError as e:
             return make_extern(g, n, target, args, kwargs, f"{name}: {e}")
     if getattr(target, "__module__", "") == "ir.functional_helpers":
@@ -174,10 +178,20 @@ def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
     return make_extern(g, n, target, args, kwargs, "not in the op table")
 
 
-def _no_kwargs(kwargs):
-    if kwargs:
+# torch's names for the operands of its pointwise functions, in order:
+# torch.mul(x, other=2), and functools.partial(torch.mul, other=2)
+_OPERAND_KEYWORDS = ("input", "other")
+
+
+def _positional(args, kwargs) -> tuple:
+    """The operands of an op without a parser, keyword operands put in their place."""
+    args = tuple(args)
+    if not kwargs:
+        return args
+    names = _OPERAND_KEYWORDS[len(args):]
+    if set(kwargs) - set(names) or list(names[:len(kwargs)]) != [k for k in names if k in kwargs]:
         raise NotImplementedError(f"keyword arguments {dict(kwargs)} are not fused")
-    return {}
+    return args + tuple(kwargs[k] for k in names[:len(kwargs)])
 
 
 def _hashable(x) -> bool:

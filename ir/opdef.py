@@ -8,6 +8,7 @@ whoever holds a ``Graph`` finds the table filled.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
@@ -49,6 +50,48 @@ class MatmulForm:
 
 
 @dataclass(frozen=True)
+class ValueCheck:
+    """A check eager makes on an operand's values at run time, and the error it raises.
+
+    The rule is a closed range: every element of operand ``operand`` must lie in
+    [``lo``, ``hi``] (NaN never does, as in eager's ``x >= lo && x <= hi``).
+    Spelled once, it is evaluated in generated kernels (``triton``: a flag the
+    host reads after the launch) and by eager references (``fails``).
+    """
+    label: str       # the op as the user called it ("binary_cross_entropy")
+    operand: int
+    lo: float
+    hi: float
+    error: type      # the exception eager raises
+    message: str     # what eager says ("all elements of target should be between 0 and 1")
+
+    def raise_error(self):
+        """Raise eager's exception type, naming the op and what was wrong."""
+        raise self.error(f"fusion: {self.label}: {self.message}")
+
+    def triton(self, x: str) -> str:
+        """A Triton expression, true where an element of ``x`` fails the check."""
+        lo, hi = (repr(v).replace("inf", 'float("inf")') for v in (self.lo, self.hi))
+        return f"~(({x} >= {lo}) & ({x} <= {hi}))"
+
+    def fails(self, x) -> bool:
+        """Whether a tensor ``x`` holds an element that fails the check."""
+        return not bool(((x >= self.lo) & (x <= self.hi)).all())
+
+
+def checked(checks: tuple, eager: Callable) -> Callable:
+    """``eager`` preceded by ``checks``: for an eager reference whose torch call does
+    not make them itself (a rewritten form of the op the user called)."""
+    @functools.wraps(eager)  # its signature: the tests count the operands
+    def run(*operands, **attrs):
+        for c in checks:
+            if c.fails(operands[c.operand]):
+                c.raise_error()
+        return eager(*operands, **attrs)
+    return run
+
+
+@dataclass(frozen=True)
 class OpDef:
     """Everything about one op, side by side.
 
@@ -87,6 +130,7 @@ class OpDef:
     triton_reference: Callable | None = None  # the tutorial spelling (tl.sigmoid, tl.exp): fast,
                                # not tail-accurate; only the cost baseline (codegen's reference
                                # kernels, compiled beside ours and never run); None: ``triton``
+    checks: tuple = ()         # ValueChecks eager makes on the operands' values (bce's ranges)
 
     def operand_domains(self) -> tuple:
         """The sample domain of each tensor operand."""

@@ -8,11 +8,13 @@ included) and on logits (``bce_logits``, stable for any z). A pass rewrites
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from ir.graph import Node
-from ir.opdef import DECOMPOSITIONS, OpKind, op
+from ir.opdef import DECOMPOSITIONS, OpKind, ValueCheck, checked, op
 from ir.types import describe, elementwise
 
 
@@ -58,11 +60,17 @@ def _same_shape(op_name, inputs, attrs):
     return elementwise("float")(op_name, inputs, attrs)
 
 
+# eager's run-time checks on binary cross-entropy's operands (CPU: RuntimeError; CUDA: a
+# device-side assert, which we turn into the same RuntimeError)
+BCE = "binary_cross_entropy"
+PROBABILITY_INPUT = ValueCheck(BCE, 0, 0.0, 1.0, RuntimeError, "all elements of input should be between 0 and 1")
+PROBABILITY_TARGET = ValueCheck(BCE, 1, 0.0, 1.0, RuntimeError, "all elements of target should be between 0 and 1")
+
 # internal: reached through DECOMPOSITIONS (F.binary_cross_entropy, nn.BCELoss, ...)
 op("bce", OpKind.POINTWISE, _same_shape,
    lambda p, y: F.binary_cross_entropy(p, y, reduction="none"), _bce_vjp,
    triton=lambda args, attrs, ctype: f"bce({args[0]}, {args[1]})", promotion="float", domain="probability", arity=2,
-   internal=True, live_values=3)
+   internal=True, live_values=3, checks=(PROBABILITY_INPUT, PROBABILITY_TARGET))
 
 def _sigmoid_minus(bwd, z, y):
     """sigmoid(z) - y without cancellation: for z >= 0 it is (1 - y) - sigmoid(-z),
@@ -72,11 +80,21 @@ def _sigmoid_minus(bwd, z, y):
     return bwd.call("where", bwd.call("ge", z, 0.0), pos, neg)
 
 
-op("bce_logits", OpKind.POINTWISE, _same_shape,
-   lambda z, y: F.binary_cross_entropy_with_logits(z, y, reduction="none"),
-   lambda bwd, out, g, z, y: (bwd.call("mul", g, _sigmoid_minus(bwd, z, y)), bwd.call("mul", g, bwd.call("neg", z))),
-   triton=lambda args, attrs, ctype: f"bce_logits({args[0]}, {args[1]})", promotion="float", arity=2,
-   domain=("real", "probability"), internal=True, live_values=3)
+def _bce_logits_op(name, eager, checks=()):
+    return op(name, OpKind.POINTWISE, _same_shape, eager,
+              lambda bwd, out, g, z, y: (bwd.call("mul", g, _sigmoid_minus(bwd, z, y)),
+                                         bwd.call("mul", g, bwd.call("neg", z))),
+              triton=lambda args, attrs, ctype: f"bce_logits({args[0]}, {args[1]})", promotion="float",
+              arity=2, domain=("real", "probability"), internal=True, live_values=3, checks=checks)
+
+
+_bce_logits_op("bce_logits", lambda z, y: F.binary_cross_entropy_with_logits(z, y, reduction="none"))
+# bce(sigmoid(z), y) as the rewrite pass leaves it: the logits form, with the checks eager makes
+# on the probability (sigmoid(z) is outside [0, 1] only for z = NaN) and on the target
+SIGMOID_BCE_CHECKS = (ValueCheck(BCE, 0, -math.inf, math.inf, RuntimeError, PROBABILITY_INPUT.message),
+                      PROBABILITY_TARGET)
+_bce_logits_op("bce_logits_checked", checked(SIGMOID_BCE_CHECKS, lambda z, y: (
+    F.binary_cross_entropy_with_logits(z, y, reduction="none"))), SIGMOID_BCE_CHECKS)
 
 
 def _bce_decomposition(elementwise_op):

@@ -11,8 +11,12 @@ from ir.types import compute_type, triton_type
 def pow_expr(x: str, p, ct: str = "tl.float32") -> str:
     """x ** p for a scalar p: exact products for small integers, exp/log otherwise
     (integer bases, computed in ``ct`` = an int type, always by products, wrapping as torch)."""
+    if ct == "tl.float32" and isinstance(p, float):
+        p = float(torch.tensor(p, dtype=torch.float64).to(torch.float32))  # as eager: 1e39 is inf
     if p == 0:
         return f"tl.full({x}.shape, 1, {x}.dtype)"  # 1 for every x, inf and NaN included, as torch
+    if not math.isfinite(p):
+        return _pow_non_finite(x, p)
     if p == 0.5:
         return f"tl.sqrt({x})"
     if p == -0.5:  # torch computes it as rsqrt: NaN at -inf, where C's pow gives 0
@@ -33,6 +37,17 @@ def pow_expr(x: str, p, ct: str = "tl.float32") -> str:
     # C's pow(-inf, p) for p not an odd integer is +inf (p > 0) or +0 (p < 0); log(-inf) is NaN
     at_minus_inf = 'float("inf")' if p > 0 else "0.0"
     return f'tl.where({x} == float("-inf"), {at_minus_inf}, tl.exp({float(p)!r} * tl.log({x})))'
+
+
+def _pow_non_finite(x: str, p: float) -> str:
+    """C's pow for p = ±inf or NaN, as torch: 1 at |x| = 1 (and at x = 1 for NaN);
+    for ±inf, 0 or inf as |x| is below or above 1; NaN stays NaN."""
+    if math.isnan(p):
+        return f'tl.where({x} == 1, 1.0, float("nan"))'
+    grows, shrinks = ('float("inf")', "0.0") if p > 0 else ("0.0", 'float("inf")')
+    mag = f"tl.abs({x})"
+    return (f'tl.where({x} != {x}, {x}, tl.where({mag} == 1, 1.0, '
+            f'tl.where({mag} > 1, {grows}, {shrinks})))')
 
 
 def minmax_expr(fn: str, a: list, ct: str) -> str:

@@ -60,7 +60,9 @@ def broadcast_shapes(op: str, shapes: list) -> tuple:
 
 def promote(inputs) -> torch.dtype:
     """torch.result_type over tensors and Python scalars (0-d tensors count as scalars)."""
-    ops = [meta(i) for i in inputs]
+    # only a Python scalar's kind matters to torch's promotion, never its value; an int
+    # beyond int64 would take result_type's uint64 path, which refuses bool tensors
+    ops = [0 if isinstance(i, int) and not isinstance(i, bool) else meta(i) for i in inputs]
     if len(ops) == 1:
         x = ops[0]
         return x.dtype if isinstance(x, torch.Tensor) else torch.tensor(x).dtype
@@ -120,6 +122,16 @@ def meta_rule(op, inputs, attrs):
         raise type(e)(f"fusion: {op}: invalid for {', '.join(describe(i) for i in inputs)}"
                       f"{' with ' + str(attrs) if attrs else ''}: {e}") from None
     return tuple(out.shape), out.dtype, device
+
+
+def require_kernel_types(op, inputs, attrs) -> None:
+    """Refuse (NotImplementedError: the op then runs eagerly) a type no kernel holds:
+    uint16/32/64, for which torch 2.13 itself has few kernels."""
+    types = [i.dtype for i in inputs if isinstance(i, Node)] + [
+        v for v in attrs.values() if isinstance(v, torch.dtype)]
+    for t in types:
+        if t not in _TRITON:
+            raise NotImplementedError(f"{op} on {t} is not fused (no kernel type for it)")
 
 
 # Triton spellings of dtypes, as strings: ir/ imports no triton.

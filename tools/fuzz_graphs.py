@@ -19,7 +19,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# this checkout's code, not whichever copy of the package is installed (an editable
+# install of another worktree would otherwise be what gets fuzzed)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import random_graphs  # noqa: E402
 
 

@@ -1,0 +1,226 @@
+"""The judge of the random-program tests: is our result right, element by element?
+
+Eager PyTorch is the reference, with float64 witnesses against it where its own
+rounding is what went wrong:
+
+* eager in float64 on the same inputs (``wide``): we compute fp16/bf16 in fp32
+  and round once, so we are often closer to it than to eager in the same dtype;
+* the float64 result rounded once to the output's dtype, used where eager
+  disagrees with it: an fp16 value past 65504 that float64 says rounds to inf
+  while eager, rounding after every op, returns a finite number or NaN;
+* the size of what each result's rounding errors scale with (``Witness``): bf16
+  ``(v - 0.5) - v`` at v = 1e4 is -0.5 rounded once, 0 rounded after each op, and
+  both are right to within what bf16 allows for terms of 1e4. Gradients are summed
+  with compensation and carry the size of the terms they cancelled: at
+  x = -1e-40 the terms of d(x/x)/dx are ±1e40, and autograd in float64 loses any
+  other term added between them (absorption);
+* comparisons too close to call: ``a <= b`` for a, b equal up to rounding goes
+  either way, and so does every element downstream of it (``where``); those
+  elements are not judged.
+
+A judge that flags correct results hides real ones; one that accepts anything
+hides them too: an element far from eager and from every float64 witness
+still fails (tests/test_graph_judge.py holds both kinds of case).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+# tolerances by the least precise dtype a program computes in (gradients: 8x)
+RTOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+ROUNDINGS = 2  # roundings per term an evaluation order may add (eps / 2 each), with a margin
+
+
+def compare(ours, eager, wide, dtype, grad=False, accurate=None, magnitude=None, unjudged=None) -> str:
+    """Elementwise judgement; "" when every element passes, else what differs.
+
+    An element passes when it is close to eager in ``dtype``, or to eager in
+    float64 (``wide``), or, where eager disagrees with the float64 result rounded
+    once to the output's dtype, close to that rounded result. ``accurate``: a
+    float64 result more careful than eager's (default ``wide``); ``magnitude``:
+    per element, the size its rounding errors scale with, which widens the
+    tolerance; ``unjudged``: elements no answer is wrong for (a comparison too
+    close to call upstream). Non-finite values must match exactly.
+    """
+    o, e, w = ours.detach().double(), eager.detach().double(), wide.detach().double()
+    best = (accurate if accurate is not None else wide).detach()
+    rounded = best.to(ours.dtype).double()  # rounded once, as our kernels round
+    rtol = RTOL[dtype] * (8 if grad else 1)
+    finite = torch.isfinite(w) & torch.isfinite(e)
+    scale = w[finite].abs().mean().item() if finite.any() else 1.0
+    atol = rtol * (1.0 + scale)
+    if magnitude is not None:
+        atol = atol + ROUNDINGS * torch.finfo(dtype).eps * torch.nan_to_num(magnitude.double(), posinf=0.0)
+
+    def close(a, b):
+        same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+        # a tolerance relative to an infinity would admit any number: those must be equal
+        both_finite = torch.isfinite(a) & torch.isfinite(b)
+        return same | (both_finite & ((a - b).abs() <= atol + rtol * b.abs()))
+
+    eager_is_outlier = ~close(e, rounded)
+    ok = close(o, e) | close(o, w) | (eager_is_outlier & close(o, rounded))
+    if unjudged is not None:
+        ok = ok | unjudged
+    if bool(ok.all()):
+        return ""
+    bad = (~ok).nonzero()[0].tolist()
+    at = tuple(bad)
+    return (f"{int((~ok).sum())} of {ok.numel()} elements differ; first at {bad}: ours {o[at].item()!r}"
+            f" eager {e[at].item()!r} float64 {w[at].item()!r} (rounded once: {rounded[at].item()!r})")
+
+
+@dataclass
+class Witness:
+    """A program evaluated step by step in float64: per value index, its result,
+    the size its rounding errors scale with (None for bools), and which of its
+    elements hang on a comparison too close to call."""
+    values: dict = field(default_factory=dict)
+    magnitude: dict = field(default_factory=dict)
+    ambiguous: dict = field(default_factory=dict)
+
+
+def witness(steps: dict, inputs: list, xs: list, eps: float) -> Witness:
+    """Run ``steps`` (value index -> (eager callable, refs, attrs), a ref being a
+    value index or ("const", v)) on ``xs`` (float64 tensors of the value indices
+    ``inputs``). ``eps``: the least precise dtype's epsilon, for near ties.
+
+    A result's magnitude is its own size plus its operands' magnitudes carried
+    through the step's derivative (first-order error propagation, each operand
+    apart so that nothing cancels; inputs and literals are exact, in every run).
+    A comparison is ambiguous where its operands are closer than their rounding
+    allows; ambiguity follows the data: NaN put where an operand is ambiguous
+    shows which results depend on it.
+    """
+    wit = Witness()
+    for k, x in zip(inputs, xs):
+        wit.values[k] = x.detach()
+        wit.magnitude[k] = torch.zeros_like(x, dtype=torch.float64)  # inputs are exact, in every run
+        wit.ambiguous[k] = torch.zeros_like(x, dtype=torch.bool)
+    for k in sorted(steps):
+        fn, refs, attrs = steps[k]
+        args = [wit.values[r] if isinstance(r, int) else r[1] for r in refs]
+        out = wit.values[k] = fn(*args, **attrs)
+        if out.dtype == torch.bool:
+            wit.ambiguous[k] = _near_tie(refs, wit, eps) | _spread(refs, wit.ambiguous, out.shape)
+            continue
+        wit.magnitude[k] = out.abs() + sum(_carried(fn, args, attrs, j, wit.magnitude[r])
+                                           for j, r in enumerate(refs) if _is_float(r, wit))
+        wit.ambiguous[k] = _poisoned(fn, refs, attrs, wit, out)
+    return wit
+
+
+def _near_tie(refs, wit: Witness, eps: float):
+    """Where a comparison's operands are closer than their rounding errors: another
+    evaluation order may decide it the other way. A value compared with itself
+    (x >= x) is decided the same way by every evaluation; inputs and literals are exact."""
+    if refs[0] == refs[1]:
+        return torch.zeros((), dtype=torch.bool)
+    a, b = (torch.as_tensor(wit.values[r] if isinstance(r, int) else r[1]) for r in refs)
+    ma, mb = (wit.magnitude.get(r, 0.0) if isinstance(r, int) else 0.0 for r in refs)
+    return (a.double() - b.double()).abs() < ROUNDINGS * eps * (ma + mb)
+
+
+def _is_float(ref, wit: Witness) -> bool:
+    return isinstance(ref, int) and wit.values[ref].is_floating_point()
+
+
+def _carried(fn, args, attrs, j, tangent):
+    """|d fn / d args[j] · tangent|: operand j's magnitude carried through the step."""
+    def along(x):
+        return fn(*args[:j], x, *args[j + 1:], **attrs)
+    # dense copies: forward AD refuses a primal that repeats memory (an expanded view)
+    primal = args[j].contiguous()
+    _, out = torch.func.jvp(along, (primal,), (tangent.to(primal.dtype).expand_as(primal).contiguous(),))
+    return out.double().abs()
+
+
+def _spread(refs, ambiguous: dict, shape) -> torch.Tensor:
+    """The ambiguity of elementwise operands, broadcast to the result's shape."""
+    out = torch.zeros(shape, dtype=torch.bool)
+    for r in refs:
+        if isinstance(r, int):
+            out = out | ambiguous[r]
+    return out
+
+
+def _poisoned(fn, refs, attrs, wit: Witness, out) -> torch.Tensor:
+    """Which elements of ``out`` depend on an ambiguous element: the step run with
+    NaN there (``where`` also takes its condition's ambiguity, which NaN cannot carry)."""
+    args = [torch.where(wit.ambiguous[r], torch.nan, wit.values[r]) if _is_float(r, wit)
+            else (wit.values[r] if isinstance(r, int) else r[1]) for r in refs]
+    poisoned = torch.isnan(fn(*args, **attrs)) & ~torch.isnan(out)
+    return poisoned | _condition_ambiguity(refs, wit, out.shape)
+
+
+def _condition_ambiguity(refs, wit: Witness, shape) -> torch.Tensor:
+    """The ambiguity of a step's bool operands (``where``'s condition), at ``shape``."""
+    out = torch.zeros(shape, dtype=torch.bool)
+    for r in refs:
+        if isinstance(r, int) and wit.values[r].dtype == torch.bool:
+            out = out | wit.ambiguous[r]
+    return out
+
+
+def accurate_grads(steps: dict, wit: Witness, seeds: dict, wanted: list, poison: bool = False) -> list:
+    """Float64 gradients by reverse mode over a program's steps, each value's
+    gradient the compensated sum of its uses' contributions, with the size of
+    the terms that sum cancelled.
+
+    ``wit``: the forward values (``witness``); ``seeds``: output value index ->
+    its incoming gradient; ``wanted``: the value indices whose gradients are
+    returned. Each step's own derivative comes from autograd on that step alone,
+    every use of a value (x / x uses x twice) a separate leaf, so no sum is left
+    to autograd. Returns per wanted value ``(gradient, magnitude)`` (None, None
+    without a path); ``eps * magnitude`` bounds what any order of summation may
+    lose. ``poison``: NaN flows from every ambiguous forward element instead
+    (where the gradient is NaN then, it hangs on a comparison too close to call).
+    """
+    terms = {k: [(g.double(), g.double().abs())] for k, g in seeds.items()}
+    for k in sorted(steps, reverse=True):
+        g, m = _total(terms.get(k, []))
+        fn, refs, attrs = steps[k]
+        leaves = [(r, _leaf(wit, r, poison)) for r in refs if isinstance(r, int) and _is_float(r, wit)]
+        if g is None or not leaves:
+            continue
+        args = iter(a for _, a in leaves)
+        with torch.enable_grad():
+            out = fn(*[next(args) if isinstance(r, int) and _is_float(r, wit) else
+                       (wit.values[r] if isinstance(r, int) else r[1]) for r in refs], **attrs)
+        if poison:  # a where's condition too close to call: either branch's gradient
+            g = torch.where(_condition_ambiguity(refs, wit, out.shape), torch.nan, g)
+        at = [a for _, a in leaves]
+        grads = torch.autograd.grad(out, at, g.to(out.dtype), allow_unused=True, retain_graph=True)
+        mags = torch.autograd.grad(out, at, m.to(out.dtype), allow_unused=True)
+        for (r, _), gr, mr in zip(leaves, grads, mags):
+            if gr is not None:
+                terms.setdefault(r, []).append((gr.double(), mr.double().abs()))
+    return [_total(terms.get(k, [])) for k in wanted]
+
+
+def _leaf(wit: Witness, r: int, poison: bool):
+    value = torch.where(wit.ambiguous[r], torch.nan, wit.values[r]) if poison else wit.values[r]
+    return value.detach().clone().requires_grad_()
+
+
+def _total(terms: list) -> tuple:
+    """(compensated sum of the gradients, sum of the magnitudes) of ``terms``."""
+    if not terms:
+        return None, None
+    return compensated_sum([g for g, _ in terms]), sum(m for _, m in terms)
+
+
+def compensated_sum(terms: list):
+    """Elementwise sum of same-shaped tensors, Neumaier-compensated: exact where
+    large terms cancel (1e40 + x - 1e40 gives x, not 0). None for no terms."""
+    if not terms:
+        return None
+    total, carry = terms[0].clone(), torch.zeros_like(terms[0])
+    for t in terms[1:]:
+        s = total + t
+        carry += torch.where(total.abs() >= t.abs(), (total - s) + t, (t - s) + total)
+        total = s
+    # the carry of an inf or NaN sum is NaN (inf - inf): the plain sum is the answer there
+    return torch.where(torch.isfinite(total), total + carry, total)

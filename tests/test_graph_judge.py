@@ -1,0 +1,115 @@
+"""The random-program judge itself: eager's outliers pass, wrong answers still fail."""
+import math
+import random
+
+import pytest
+import torch
+
+import random_graphs
+from graph_judge import accurate_grads, compare, compensated_sum, witness
+
+pytestmark = pytest.mark.cpu_only  # builds CPU tensors; the programs run in the interpreter
+
+INF, NAN = math.inf, math.nan
+
+
+def t(values, dtype=torch.float64):
+    return torch.tensor(values, dtype=dtype)
+
+
+# ---- eager is the outlier: our correct answers pass ------------------------------
+
+def test_fp16_past_65504_where_float64_rounds_to_inf():
+    # x ** 3 - x at x = -890 in fp16: float64 says -7.05e8, which rounds to -inf in fp16;
+    # eager (rounding after every op) computed -inf - (-890)... or inf - inf = NaN
+    ours, eager, wide = t([-INF, 1.0], torch.float16), t([NAN, 1.0], torch.float16), t([-7.05e8, 1.0])
+    assert compare(ours, eager, wide, torch.float16) == ""
+    ours, eager = t([INF, 2.0], torch.float16), t([65504.0, 2.0], torch.float16)
+    assert compare(ours, eager, t([65530.0, 2.0]), torch.float16) == ""  # 65530 rounds to inf
+
+
+def test_absorbed_gradient_term_in_float64():
+    # d/dx (x, x / x) with weights (w0, w1) at x = -1e-40: w0 + w1 (1/x - (x/x)/x) = w0.
+    # Autograd adds w1/x = -1e40 first and loses w0 next to it: eager (and float64) say 0
+    x = t([-1e-40, 2.0])
+    w0, w1 = t([-0.5177, 0.25]), t([0.7, 0.7])
+    steps = {1: (torch.div, [0, 0], {})}
+    wit = witness(steps, [0], [x], torch.finfo(torch.float64).eps)
+    (grad, magnitude), = accurate_grads(steps, wit, {0: w0, 1: w1}, [0])
+    assert grad.tolist() == w0.tolist()  # the compensated sum keeps w0
+    xx = x.clone().requires_grad_()
+    (eager,) = torch.autograd.grad((xx, xx / xx), [xx], [w0, w1])
+    assert eager[0].item() == 0.0  # the absorption this guards against
+    ours = w0.clone()
+    assert compare(ours, eager, eager, torch.float64, grad=True, accurate=grad, magnitude=magnitude) == ""
+
+
+def test_cancelling_terms_widen_the_tolerance_by_what_they_cancelled():
+    # bf16: contributions of +-326 and -1.49 summed in some order: 0 and -2 are both fine
+    g, m = t([-1.49]), t([326.0 * 2 + 1.49])
+    for ours, eager in ((0.0, -2.0), (-2.0, 0.0), (-1.5, -2.0)):
+        assert compare(t([ours], torch.bfloat16), t([eager], torch.bfloat16), t([-1.49]),
+                       torch.bfloat16, grad=True, accurate=g, magnitude=m) == ""
+
+
+def test_compensated_sum_keeps_what_a_plain_sum_absorbs():
+    terms = [t([1e40, 3.0]), t([-0.5, 1.0]), t([-1e40, 2.0])]
+    assert compensated_sum(terms).tolist() == [-0.5, 6.0]
+    assert (terms[0] + terms[1] + terms[2]).tolist() == [0.0, 6.0]
+    assert compensated_sum([t([INF]), t([1.0])]).tolist() == [INF]
+    assert compensated_sum([]) is None
+
+
+def test_rounding_once_where_eager_rounds_each_step_is_within_the_magnitude():
+    # bf16 (v - 0.5) - v at v = 1e4: -0.5 rounded once, 0 in eager (v - 0.5 rounds to v)
+    v = t([1e4, 3.0])
+    steps = {1: (torch.sub, [0, ("const", 0.5)], {}), 2: (torch.sub, [1, 0], {})}
+    wit = witness(steps, [0], [v], torch.finfo(torch.bfloat16).eps)
+    ours, eager = t([-0.5, -0.5], torch.bfloat16), t([0.0, -0.5], torch.bfloat16)
+    assert compare(ours, eager, eager, torch.bfloat16, magnitude=wit.magnitude[2]) == ""
+    assert compare(t([-0.5, -0.8], torch.bfloat16), eager, eager, torch.bfloat16,
+                   magnitude=wit.magnitude[2]) != "", "where the terms are small, -0.8 is still wrong"
+
+
+def test_elements_behind_a_comparison_too_close_to_call_are_not_judged():
+    # where(a <= a / 3 * 3, 1, 2): the comparison holds or not by one rounding
+    a = t([0.1, 5.0, 7.0])
+    steps = {1: (torch.div, [0, ("const", 3.0)], {}), 2: (torch.mul, [1, ("const", 3.0)], {}),
+             3: (torch.le, [0, 2], {}), 4: (torch.where, [3, ("const", 1.0), ("const", 2.0)], {})}
+    wit = witness(steps, [0], [a], torch.finfo(torch.float64).eps)
+    assert wit.ambiguous[4].tolist() == [True, True, True]
+    far = witness({1: (torch.le, [0, ("const", 1.0)], {}), 2: (torch.where, [1, 0, ("const", 2.0)], {})},
+                  [0], [a], torch.finfo(torch.float64).eps)
+    assert far.ambiguous[2].tolist() == [False, False, False]
+
+
+@pytest.mark.parametrize("seed", [102503, 104721, 120016, 120554, 127192])
+def test_fuzzer_programs_where_eager_was_the_outlier_pass(seed):
+    # 102503: fp16 pow(v, 3) - v past 65504; 104721: float64 (x, x / x) at x = -1e-40;
+    # 120016: bf16 (v - 0.5) - v at v = 1e4; 120554: where(silu(x) <= silu(x) / x * x, ...);
+    # 127192: pow(x.half(), 2.5)'s gradient past 65504 in fp16, which eager rounds to inf
+    rng = random.Random(seed)
+    prog = random_graphs.generate(lambda name, opts: rng.choice(list(opts)), rng.randint(1, 6))
+    _, problem = random_graphs.check(prog, seed)
+    assert problem == ""
+
+
+# ---- a wrong answer still fails ---------------------------------------------------
+
+@pytest.mark.parametrize("ours, eager, wide, dtype", [
+    ([1.01, 2.0], [1.0, 2.0], [1.0, 2.0], torch.float32),        # 1% off where all agree
+    ([NAN, 2.0], [1.0, 2.0], [1.0, 2.0], torch.float32),         # NaN where all are finite
+    ([3.0, 2.0], [INF, 2.0], [INF, 2.0], torch.float32),         # finite where all say inf
+    ([-INF, 2.0], [INF, 2.0], [INF, 2.0], torch.float32),        # the wrong infinity
+    ([5.0, 1.0], [NAN, 1.0], [-7.05e8, 1.0], torch.float16),     # eager the outlier, ours wrong too
+    ([65504.0, 1.0], [NAN, 1.0], [7.05e8, 1.0], torch.float16),  # finite where rounding says inf
+])
+def test_real_wrong_answers_still_fail(ours, eager, wide, dtype):
+    assert compare(t(ours, dtype), t(eager, dtype), t(wide), dtype) != ""
+
+
+def test_magnitude_does_not_excuse_an_error_where_nothing_cancelled():
+    g = t([-1.49, 3.0])
+    m = g.abs()  # no cancellation: the magnitude is the result's own size
+    ours = t([-1.49, 3.3], torch.float32)
+    assert compare(ours, g.float(), g, torch.float32, grad=True, accurate=g, magnitude=m) != ""
