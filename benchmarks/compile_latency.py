@@ -25,10 +25,11 @@ import sys
 import tempfile
 import time
 
-import common  # noqa: F401  (this checkout's fusion; no triton)
-import fusion
 import torch
 
+import fusion
+
+import common  # noqa: F401  (this checkout's fusion; no triton)
 from common import gate, gating
 
 WORKLOADS = {"gating": (gating, [(8192, 64)] * 2, [(512, 64)] * 2),  # function, its inputs on a GPU, on a CPU

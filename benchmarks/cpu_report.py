@@ -26,14 +26,14 @@ os.environ["TRITON_INTERPRET"] = "1"        # before triton is imported: CPU ten
 os.environ["FUSION_BENCH_DEVICE"] = "cpu"
 os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="cpu-report-triton-")  # cold compiles
 
-import common  # noqa: E402,F401
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import fusion  # noqa: E402
 import fusion.kernel  # noqa: E402
-from codegen.gpu_report import cpu_seconds  # noqa: E402
 from codegen.sass_cost import GPUS  # noqa: E402
+
+import common  # noqa: E402,F401
 from common import Results, base_args  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))

@@ -23,11 +23,11 @@ Needs a CUDA GPU; ``--smoke`` checks the code on a CPU (tiny sizes, Triton's int
 """
 import sys
 
-import common  # noqa: F401  (first: it decides TRITON_INTERPRET before triton is imported)
 import torch
 import triton
 import triton.testing
 
+import common  # noqa: F401  (first: it decides TRITON_INTERPRET before triton is imported)
 from common import DEVICE, DTYPES, SMOKE, bench, compiled, fwd_bwd, gating, gpu_lines, peak_mb
 
 HEAD_DIM = 64  # K of the gating tables

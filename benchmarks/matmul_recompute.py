@@ -12,13 +12,14 @@ Needs a CUDA GPU; ``--smoke`` checks the code on a CPU (tiny sizes, Triton's int
 
     python benchmarks/matmul_recompute.py [--out DIR] [--smoke]
 """
-import common  # noqa: F401  (first: it decides TRITON_INTERPRET before triton is imported)
-import fusion
-import fusion.matmul_kernel as rule
 import torch
 import triton
 import triton.testing
 
+import fusion
+import fusion.matmul_kernel as rule
+
+import common  # noqa: F401  (first: it decides TRITON_INTERPRET before triton is imported)
 from common import DEVICE, SMOKE, bench, fwd_bwd, gating, peak_mb
 
 N = 64 if SMOKE else 4096

@@ -13,12 +13,12 @@ group's torch reference) and torch.compile runs Inductor's C++ code.
 import statistics
 import time
 
-import common  # noqa: F401  (first: it decides TRITON_INTERPRET before triton is imported)
 import torch
 import torch.nn.functional as F
 import triton
 import triton.testing
 
+import common  # noqa: F401  (first: it decides TRITON_INTERPRET before triton is imported)
 from common import DEVICE, GPU, compiled, gate, gating
 
 LINES = ["eager", "torch.compile"] + (["reduce-overhead"] if GPU else []) + ["ours"]

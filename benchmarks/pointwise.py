@@ -20,12 +20,12 @@ interpreter, no torch.compile).
 
     python benchmarks/pointwise.py [--out DIR] [--smoke]
 """
-import common  # noqa: F401  (first: it decides TRITON_INTERPRET before triton is imported)
 import torch
 import torch.nn.functional as F
 import triton
 import triton.testing
 
+import common  # noqa: F401  (first: it decides TRITON_INTERPRET before triton is imported)
 from common import DEVICE, DTYPES, SMOKE, bench, compiled, fwd_bwd, gate, gpu_lines
 
 ROW = 4096  # h

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from codegen.layouts import EpilogueLayout
 from codegen.checks import CHECKS_PARAM, check_lines
+from codegen.layouts import EpilogueLayout
 from codegen.pointwise import REFERENCE_NOTE, emit_body, input_name, load_cast, namer, operand_expr, store_cast
 from codegen.prelude import helpers_used
 from ir.graph import Node, format_node, format_value

@@ -179,7 +179,7 @@ def expm1(x):
         p = tl.fma(p, x, 0.008333277888596058)
         p = tl.fma(p, x, 0.04166673496365547)
         p = tl.fma(p, x, 0.1666666716337204)
-        small = x + (0.5 * x * x + x * x * x * p)
+        small = tl.where(x == 0, x, x + (0.5 * x * x + x * x * x * p))  # -0.0 stays -0.0
         return tl.where(tl.abs(x) < 1.0, small, exp(x, "fp32") - 1.0)
 ''',
     "rsqrt": '''

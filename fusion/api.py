@@ -170,12 +170,16 @@ class CompiledModule(torch.nn.Module):
     def __call__(self, *args, **kwargs):
         # the hot path of the last signature: straight-line guards and run (fusion.hot_path);
         # nn.Module's call machinery only when hooks must run
+        if hooks_set(self):
+            return super().__call__(*args, **kwargs)
         hot = self._hot
-        if hot is not None and not kwargs and not hooks_set(self):
+        if hot is not None and not kwargs:
             out = hot(args)
             if out is not MISS:
                 return out
-        return super().__call__(*args, **kwargs)
+        # forward itself, not nn.Module.__call__: while another thread captures a model,
+        # torch.fx has nn.Module.__call__ patched to record calls into its own graph
+        return self.forward(*args, **kwargs)
 
     def forward(self, *args, **kwargs):
         self.__dict__["_hot"] = None  # set again below when a compiled signature runs

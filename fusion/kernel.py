@@ -138,9 +138,12 @@ class PointwiseKernel(FusedKernel):
             return None
         env = {x: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
                for x, t in zip(self.group.inputs, inputs)}
-        for node in self.group.nodes:
-            if not _is_reduction(node):
-                env[node] = eval_node(node, env)
+        try:
+            for node in self.group.nodes:
+                if not _is_reduction(node):
+                    env[node] = eval_node(node, env)
+        except (RuntimeError, NotImplementedError, TypeError):
+            return None  # a reference that needs values (a value check): iterate as is
         orders = {memory_order(env[o]) for o in self.elementwise_outputs}
         order = orders.pop() if len(orders) == 1 else None
         return None if order is None or list(order) == sorted(order) else order

@@ -80,11 +80,13 @@ def float_literal(v) -> str:
 
 def clamp_expr(x: str, lo, hi, ct: str) -> str:
     """torch.clamp: min(max(x, lo), hi) in that order (hi wins when lo > hi), NaN kept;
-    a bound of None is absent."""
+    a bound of None is absent. Written as torch's std::max/std::min, ``x < lo ? lo : x``:
+    x itself wherever no bound is crossed, so -0.0 stays -0.0 (the hardware max gives +0.0)
+    and NaN stays NaN (every comparison with it is false)."""
     def bound(v):
         return float_literal(v) if ct.startswith("tl.float") else repr(v)
     if lo is not None:
-        x = minmax_expr("maximum", [x, bound(lo)], ct)
+        x = f"tl.where({x} < {bound(lo)}, {bound(lo)}, {x})"
     if hi is not None:
-        x = minmax_expr("minimum", [x, bound(hi)], ct)
+        x = f"tl.where({x} > {bound(hi)}, {bound(hi)}, {x})"
     return x

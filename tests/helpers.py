@@ -73,7 +73,8 @@ def _gelu_grad_limit(x):
 
 
 LIMITS = {"silu": _silu_limit, "silu_grad": _silu_grad_limit, "bce_logits": _bce_logits_limit,
-          "gelu": _gelu_limit, "gelu_grad": _gelu_grad_limit, "gelu_tanh_grad": _gelu_grad_limit}
+          "bce_logits_checked": _bce_logits_limit, "gelu": _gelu_limit, "gelu_grad": _gelu_grad_limit,
+          "gelu_tanh_grad": _gelu_grad_limit}
 
 
 def with_limits(name: str, rows: list, values: torch.Tensor, which: int | None = None) -> torch.Tensor:
@@ -103,20 +104,21 @@ def eager_with_limits(name: str):
 
     class WithLimits(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, *xs):
+        def forward(ctx, attrs, *xs):
             assert all(x.shape == xs[0].shape for x in xs), "same-shaped operands only"
             ctx.save_for_backward(*xs)
-            return put(eager(*xs), xs, lambda found, idx: found[0])
+            ctx.attrs = attrs
+            return put(eager(*xs, **attrs), xs, lambda found, idx: found[0])
 
         @staticmethod
         def backward(ctx, g):
             xs = [x.detach().requires_grad_() for x in ctx.saved_tensors]
             with torch.enable_grad():
-                grads = torch.autograd.grad(eager(*xs), xs, g, allow_unused=True)
-            return tuple(None if grad is None else
-                         put(grad.clone(), xs, lambda found, idx, k=k: g[idx] * found[1][k])
-                         for k, grad in enumerate(grads))
-    return WithLimits.apply
+                grads = torch.autograd.grad(eager(*xs, **ctx.attrs), xs, g, allow_unused=True)
+            return (None, *[None if grad is None else
+                            put(grad.clone(), xs, lambda found, idx, k=k: g[idx] * found[1][k])
+                            for k, grad in enumerate(grads)])
+    return lambda *xs, **attrs: WithLimits.apply(attrs, *xs)
 
 
 # the one place tolerances live. Kernels compute fp16/bf16 in fp32 and round once

@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from graph_judge import RTOL, accurate_grads, compare, witness
 
 import fusion
-from graph_judge import RTOL, accurate_grads, compare, witness
 from ir.ops import OPS, OpKind
 
 from helpers import LIMITS, eager_with_limits

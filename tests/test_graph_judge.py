@@ -4,9 +4,9 @@ import random
 
 import pytest
 import torch
+from graph_judge import accurate_grads, compare, compensated_sum, witness
 
 import random_graphs
-from graph_judge import accurate_grads, compare, compensated_sum, witness
 
 pytestmark = pytest.mark.cpu_only  # builds CPU tensors; the programs run in the interpreter
 

@@ -12,7 +12,6 @@ exception type where eager refuses the call (``torch.where(u8, 300)``,
 from __future__ import annotations
 
 import math
-import operator
 
 import pytest
 import torch

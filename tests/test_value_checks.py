@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fusion
-from ir.ops import OPS, STRUCTURAL, OpKind
+from ir.ops import OPS, OpKind
 
 from helpers import DEVICE, FLOATS, SHORT, op_graph, run_graph, sample
 
