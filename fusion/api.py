@@ -191,15 +191,16 @@ class CompiledModule(torch.nn.Module):
             self._warn_once("autocast", "fusion: autocast is not applied by fused kernels yet; "
                             "calls under torch.autocast run eagerly.")
             return self._orig(*args, **kwargs)
-        if transformed((args, kwargs)):
-            self._warn_once("functorch", "fusion: calls inside torch.func transforms (vmap, grad, "
-                            "jacrev) run eagerly: generated kernels cannot read batched tensors.")
+        why = transformed((args, kwargs))
+        if why:
+            self._warn_once(why, f"fusion: {why} run eagerly: generated kernels would not follow them.")
             return self._orig(*args, **kwargs)
         if kwargs and self._binder.signature is None:  # a builtin: no names to bind keywords to
             self._warn_once("kwargs", f"fusion: {self._orig!r} has no Python signature: calls "
                             "with keyword arguments run eagerly (pass them positionally).")
             return self._orig(*args, **kwargs)
         given = -1 if kwargs else len(args)   # positional arguments as passed (the hot path's)
+        call = (args, kwargs)                  # as passed: what eager and Dynamo are called with
         args = self._binder.bind(args, kwargs)
         key = signature_key(self.training, args)
         entry = self._entries.get(key)
@@ -207,10 +208,10 @@ class CompiledModule(torch.nn.Module):
         if params is None:
             if len(self._entries) >= self._limit:
                 self._warn_limit(key)
-                return self._orig(*args)
+                return self._orig(*call[0], **call[1])
             entry = self._capture_signature(args)
             if entry is None:  # capture moved to Dynamo, or runs eagerly
-                return self.forward(*args)
+                return self.forward(*call[0], **call[1])
             self._entries[key] = entry
             params = entry.guards.values()
         self._last_key = key
@@ -221,7 +222,7 @@ class CompiledModule(torch.nn.Module):
             return self._run(entry, args, params)
         except ProbedTypeMismatch as e:  # nothing was written yet: eager gives the answer
             del self._entries[key]
-            return self._run_eagerly(CaptureError(f"{e}; data-dependent shapes cannot be captured."), args)
+            return self._run_eagerly(CaptureError(f"{e}; data-dependent shapes cannot be captured."), call)
 
     def _valid(self, entry: SignatureEntry, key: tuple) -> dict | None:
         """The parameters ``entry`` reads, or None when a guard failed (the entry is dropped;
@@ -233,8 +234,6 @@ class CompiledModule(torch.nn.Module):
             self._last_change = entry.state.changed()
             for k in [k for k, e in self._entries.items() if e.traced is entry.traced]:
                 del self._entries[k]
-            if entry.traced is self._traced:
-                self.__dict__["_traced"] = None
             self._specialized = {k: t for k, t in self._specialized.items() if t is not entry.traced}
         else:
             del self._entries[key]  # a parameter changed type, a submodule was replaced or switched mode
@@ -259,41 +258,39 @@ class CompiledModule(torch.nn.Module):
                 self._warn_once("region", f"{e}; this graph runs eagerly.")
             return None
 
-    def _run_eagerly(self, error: CaptureError, args: tuple):
+    def _run_eagerly(self, error: CaptureError, call: tuple):
         """What cannot be captured: an error, or (fallback='eager') eager from now on."""
         if self._fallback == "error" and not isinstance(self._orig, fx.GraphModule):
             raise error
         self._eager_reason = str(error)
         self._warn_once("eager", f"{error} Running it eagerly.")
-        return self._orig(*args)
+        return self._orig(*call[0], **call[1])
 
     def _traced_for(self, args: tuple) -> Traced:
-        """The fx capture; if plain tracing fails, one with this call's Python arguments
-        fixed (as torch.compile specialises on them)."""
-        if self._binder.signature is None:  # a builtin: traced per number of arguments
-            key = ("n_args", len(args))
-            if key not in self._specialized:
-                self._specialized[key] = trace_with_state(self._orig, n_args=len(args))
-            return self._specialized[key]
-        if self._traced is None and self._trace_error is None:
-            try:
-                _refuse_hooks(self._orig)
-                self.__dict__["_traced"] = trace_with_state(self._orig)
-            except CaptureError as e:
-                self._trace_error = e
-        if self._traced is not None:
-            return self._traced
-        fixed = {name: a for name, a in zip(self._binder.names, args) if not isinstance(a, torch.Tensor)}
-        if not fixed or not all(_plain(v) for v in fixed.values()):
-            # an object's fields would be baked in with only its identity guarded: Dynamo guards them
+        """The fx capture for this call: traced with its Python arguments fixed (as
+        torch.compile specialises on them: ``if mask is not None`` takes the branch the
+        call takes), once per their values and the default dtype (which the trace bakes
+        into factories such as ``torch.ones(3)`` and ``torch.get_default_dtype()``)."""
+        if isinstance(self._orig, fx.GraphModule):
+            return self._traced  # from Dynamo: captured already
+        if self._trace_error is not None:
             raise self._trace_error
-        key = tuple((k, describe_arg(v)) for k, v in fixed.items())
+        dtype = torch.get_default_dtype()
+        if self._binder.signature is None:  # a builtin: traced per number of arguments
+            fixed, key = None, ("n_args", len(args), dtype)
+        else:
+            fixed = {name: a for name, a in zip(self._binder.names, args) if not _holds_tensors(a)}
+            if not all(_plain(v) for v in fixed.values()):
+                # an object's fields would be baked in with only its identity guarded: Dynamo guards them
+                raise CaptureError("fusion: a Python object argument's fields would be fixed into the trace")
+            key = (dtype,) + tuple((k, describe_arg(v)) for k, v in fixed.items())
         if key not in self._specialized:
             try:
-                self._specialized[key] = trace_with_state(self._orig, concrete_args=fixed)
-            except CaptureError:
-                raise self._trace_error from None
-            self._capture = "torch.fx, with the call's Python arguments fixed"
+                self._specialized[key] = trace_with_state(self._orig, concrete_args=fixed or None,
+                                                          n_args=len(args))
+            except CaptureError as e:
+                self._trace_error = e
+                raise
         return self._specialized[key]
 
     def _build(self, args: tuple, traced: Traced) -> SignatureEntry:
@@ -333,13 +330,14 @@ class CompiledModule(torch.nn.Module):
         return result if functional is None else write_back(functional, entry.root, args, result)
 
     # ---- capture through Dynamo ----------------------------------------------------
-    def _use_dynamo(self, fx_error: CaptureError) -> None:
-        self._trace_error = fx_error
+    def _use_dynamo(self, fx_error: CaptureError, one_graph: bool | None = None) -> None:
         """From now on calls go through Dynamo, each graph it captures planned by a
         ``CompiledModule`` of its own. Without fallback='eager' the whole forward must be
-        one graph (a graph break is a CaptureError); with it, breaks run eagerly."""
+        one graph (a graph break at data-dependent code is a CaptureError); with it, or
+        ``one_graph=False``, breaks run eagerly."""
+        self._trace_error = fx_error
         import torch._dynamo  # noqa: F401  (~2 s on first import: only on this path)
-        one_graph = self._fallback == "error"
+        one_graph = self._fallback == "error" if one_graph is None else one_graph
         self.__dict__["_dynamo"] = torch.compile(self._orig, backend=self._region, fullgraph=one_graph,
                                                  dynamic=False)
         self._capture = (f"Dynamo ({'one graph' if one_graph else 'graph breaks run eagerly'}): "
@@ -363,11 +361,26 @@ class CompiledModule(torch.nn.Module):
             with torch._dynamo.config.patch(allow_rnn=True):
                 return self._dynamo(*args, **kwargs)
         except exc.Unsupported as e:  # a graph break, with one graph required
-            raise CaptureError(
-                f"fusion: cannot capture {_name(self._orig)}: torch.fx cannot trace it "
-                f"({_first_line(self._trace_error)}), and Dynamo stops at: {_first_line(e)}. "
-                "Data-dependent control flow (if/while on tensor values) and Python values "
-                "computed from tensors need fallback='eager' (those parts then run eagerly).") from e
+            if _data_dependent(e):
+                raise CaptureError(
+                    f"fusion: cannot capture {_name(self._orig)}: torch.fx cannot trace it "
+                    f"({_first_line(self._trace_error)}), and Dynamo stops at: {_first_line(e)}. "
+                    "Data-dependent control flow (if/while on tensor values) and Python values "
+                    "computed from tensors need fallback='eager' (those parts then run eagerly).") from e
+            # something else Dynamo will not put in a graph (a print, a backward hook): that
+            # part runs eagerly, the graphs around it still fuse
+            self._warn_once("dynamo-breaks", f"fusion: Dynamo breaks {_name(self._orig)}'s graph at: "
+                            f"{_first_line(e)}; that part runs eagerly.")
+            self._use_dynamo(self._trace_error, one_graph=False)
+            return self._call_dynamo(args, kwargs)
+        except exc.FailOnRecompileLimitHit as e:
+            # a Python value forward changes at every call (a counter attribute): torch.compile
+            # would run the frame eagerly from then on; so do we
+            self._warn_once("dynamo-limit", f"fusion: {_name(self._orig)} reaches Dynamo's recompile "
+                            "limit (a Python value it reads changes at every call); running it eagerly.")
+            self._eager_reason = _first_line(e)
+            self.__dict__["_dynamo"] = None
+            return self._orig(*args, **kwargs)
         except exc.TorchDynamoException as e:
             # the user's own error (eager raises it too, with its own type), or Dynamo's
             out = self._orig(*args, **kwargs)
@@ -409,15 +422,9 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _refuse_hooks(model) -> None:
-    """Module hooks (FSDP's all-gathers, users' pre/post hooks) must run at every call:
-    fx would run them once, while tracing; Dynamo keeps them. Raises CaptureError."""
-    if not isinstance(model, torch.nn.Module):
-        return
-    for name, m in model.named_modules():
-        if m._forward_pre_hooks or m._forward_hooks:
-            raise CaptureError(f"fusion: {name or type(model).__name__} has forward hooks, which "
-                               "torch.fx would run once while tracing")
+def _holds_tensors(value) -> bool:
+    """A tensor, or a container with tensors: graph inputs, never fixed into a trace."""
+    return any(isinstance(t, torch.Tensor) for t in pytree.tree_leaves(value))
 
 
 def _plain(value) -> bool:
@@ -429,6 +436,16 @@ def _plain(value) -> bool:
 
 def _autocast_on() -> bool:
     return any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
+
+
+_DATA_DEPENDENT = ("data-dependent", "data dependent", "generic_jump", "item()", "tolist",
+                   "unbacked", "dynamic shape operator", "nonzero")
+
+
+def _data_dependent(error: Exception) -> bool:
+    """Whether Dynamo stopped at control flow or Python computed from tensor values."""
+    text = str(error).lower()
+    return any(word in text for word in _DATA_DEPENDENT)
 
 
 def _name(model) -> str:

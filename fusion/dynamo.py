@@ -18,11 +18,13 @@ from fusion.api import CompiledModule
 _compiled: list[CompiledModule] = []  # the most recent graphs, for compiled_graphs()
 
 
-def fusion_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None):
+def fusion_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None, mode: str | None = None):
     """A Dynamo backend: returns a callable running ``gm`` through fused kernels (a graph
     that cannot be lowered runs as it is, eagerly, with a warning: torch.compile never fails
     for a backend's reason). ``torch.compile(..., options={"precision": "exact"})`` reaches
-    ``options``."""
+    ``options``; ``mode`` (torch.compile's "max-autotune", "reduce-overhead"...) is
+    accepted and changes nothing: the kernels have one form, tuned by the heuristic table
+    (``FUSION_AUTOTUNE=1`` autotunes matmul epilogues)."""
     unknown = set(options or {}) - {"precision"}
     if unknown:
         raise ValueError(f"fusion backend: unknown options {sorted(unknown)} (known: 'precision')")

@@ -26,10 +26,12 @@ def explain(model, *example_inputs, **example_kwargs) -> Report:
     compiled = model if isinstance(model, CompiledModule) else compile_model(model)
     args, kwargs = example_inputs, example_kwargs
     out, ours_saved = saved_bytes(compiled, *args, **kwargs)
-    if compiled.eager_reason is not None:
-        return Report(f"(not captured: {compiled.eager_reason})", Mode.EAGER, [], [],
-                      [("<whole model>", compiled.eager_reason)], [], 0, None, capture=compiled.capture)
     plans = [compiled.plan_for(*args, **kwargs)] if not compiled.regions else compiled.plans
+    reason = compiled.eager_reason or (None if all(plans) else
+                                       "this call's signature runs eagerly (the recompile limit)")
+    if reason is not None:
+        return Report(f"(not captured: {reason})", Mode.EAGER, [], [], [("<whole model>", reason)],
+                      [], 0, None, capture=compiled.capture, eager_reason=reason)
     wants_grad = [t for t in _tensor_leaves(out) if t.requires_grad]
     eager_saved = None
     if wants_grad:

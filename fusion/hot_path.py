@@ -21,6 +21,7 @@ import itertools
 import linecache
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.modules.module as module_globals
 import torch.utils._pytree as pytree
 
@@ -40,7 +41,8 @@ except ImportError:  # pragma: no cover - an older torch: the Python comparisons
 def hooks_set(module) -> bool:
     """Hooks nn.Module.__call__ would run: the hot path must not skip them."""
     return bool(module._forward_hooks or module._forward_pre_hooks
-                or module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks)
+                or module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks
+                or module_globals._global_backward_hooks or module_globals._global_backward_pre_hooks)
 
 
 def make_hot(compiled, entry, args: tuple, given: int):
@@ -54,7 +56,8 @@ def make_hot(compiled, entry, args: tuple, given: int):
              "grad_enabled": torch.is_grad_enabled, "default_dtype": torch.get_default_dtype,
              "autocast_on": torch._C._is_any_autocast_enabled,
              "transforms_on": torch._C._are_functorch_transforms_active,
-             "dtype": torch.get_default_dtype(), "owner": vars(compiled), "root": compiled.original}
+             "dtype": torch.get_default_dtype(), "owner": vars(compiled), "root": compiled.original,
+             "forward_ad": forward_ad, "Tensor": torch.Tensor, "Parameter": torch.nn.Parameter}
     names = [f"a{k}" for k in range(len(args))]
     lines = ["def hot(args):", f"    if len(args) != {given}:", "        return MISS",
              f"    {', '.join(names[:given])}, = args" if given else "    pass"]
@@ -66,8 +69,11 @@ def make_hot(compiled, entry, args: tuple, given: int):
                 else "owner.get('_training', True)")
     lines += [f"    if (grad_enabled() is not {torch.is_grad_enabled()} or default_dtype() is not dtype"
               f" or {training} is not {compiled.training} or autocast_on()"
-              " or transforms_on()):", "        return MISS"]
+              " or transforms_on() or forward_ad._current_level >= 0):", "        return MISS"]
     tensors = [n for n, a in zip(names, args) if isinstance(a, torch.Tensor)]
+    for n, a in zip(names[:given], args):  # plain tensors only: a subclass runs eagerly
+        if isinstance(a, torch.Tensor):
+            lines += [f"    if {n}.__class__ is not {type(a).__name__}:", "        return MISS"]
     for k, (n, a) in enumerate(zip(names[:given], args)):
         if not isinstance(a, torch.Tensor):
             scope[f"arg{k}"] = a

@@ -78,7 +78,9 @@ class PointwiseKernel(FusedKernel):
 
     def __init__(self, group, mode: Mode, role: str = "forward", numerics: str = "default"):
         super().__init__(group, mode, role, numerics)
-        self._by_strides: dict[tuple, Variant] = {}
+        # per pattern of input shapes and strides: its variant, and its layout (the variant's
+        # source serves every layout of its kinds; strides, sizes and order are this one's)
+        self._by_strides: dict[tuple, tuple[Variant, Layout]] = {}
         # all fixed per group: sizes, grid, and what each output is allocated as
         self.shape = group.shape
         self.device = group.outputs[0].device
@@ -98,19 +100,19 @@ class PointwiseKernel(FusedKernel):
         assert not keep, "a pointwise kernel keeps nothing for backward"
         device, n = self.device, self.n
         inputs = [t if t.device == device else t.to(device) for t in inputs]
-        variant = self.variant_for(inputs)
+        variant, layout = self.variant_for(inputs)
         outs = [torch.empty(shape, dtype=dtype, device=device) if combine is not None
-                else variant.layout.empty(shape, dtype, device) for shape, dtype, combine in self.allocs]
+                else layout.empty(shape, dtype, device) for shape, dtype, combine in self.allocs]
         if n:
             args = []
-            for t, kind, strides in zip(inputs, variant.layout.kinds, variant.layout.strides):
+            for t, kind, strides in zip(inputs, layout.kinds, layout.strides):
                 args.append(t)
                 if kind == InputLayout.STRIDED:
                     args.extend(strides)
             args += outs
             flags = [self.flags.buffer(device)] if self.flags else []
             args += flags
-            args += list(variant.layout.sizes[1:])
+            args += list(layout.sizes[1:])
             args.append(n)
             self.launch(variant.fn, self.grid, args, BLOCK_SIZE=self.block)
             for buf in flags:  # after the launch: eager's error if an element failed a check
@@ -118,17 +120,18 @@ class PointwiseKernel(FusedKernel):
         return [t if combine is None else combine(t, n).to(o.dtype)
                 for o, t, (_, _, combine) in zip(self.group.outputs, outs, self.allocs)]
 
-    def variant_for(self, inputs: list[torch.Tensor]) -> Variant:
+    def variant_for(self, inputs: list[torch.Tensor]) -> tuple[Variant, Layout]:
+        """The generated variant for these inputs' layout kinds, and their layout."""
         key = tuple((t.shape, t.stride()) for t in inputs)
-        v = self._by_strides.get(key)
-        if v is None:
+        found = self._by_strides.get(key)
+        if found is None:
             layout = plan_layout(self.group.shape, inputs, self._output_order(inputs))
             vkey = (len(layout.sizes), layout.kinds, layout.int64)
             v = self.variants.get(vkey)
             if v is None:
                 v = self.variants[vkey] = self._build(layout, inputs)
-            self._by_strides[key] = v
-        return v
+            found = self._by_strides[key] = (v, layout)
+        return found
 
     def _output_order(self, inputs: list[torch.Tensor]) -> tuple | None:
         """The memory order eager gives the outputs (channels_last in, channels_last out),

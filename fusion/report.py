@@ -93,10 +93,11 @@ class Report:
     rewrites: list = field(default_factory=list)  # what the passes changed, in words
     capture: str = ""     # how the model was captured (torch.fx, or Dynamo and why)
     graph_breaks: list = field(default_factory=list)  # Dynamo's reasons, where breaks run eagerly
+    eager_reason: str | None = None  # why the whole call ran eagerly, if it did
 
     def __str__(self) -> str:
         lines = [f"== Capture: {self.capture} ==", "", "== IR ==", self.graph, "",
-                 f"== Execution: {self.mode.describe()} =="]
+                 f"== Execution: {f'eagerly: {self.eager_reason}' if self.eager_reason else self.mode.describe()} =="]
         if self.rewrites:
             lines += ["", "== Rewrites =="] + self.rewrites
         for title, ks in (("Forward kernels", self.kernels), ("Backward kernels", self.backward_kernels)):

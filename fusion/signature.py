@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.utils._pytree as pytree
 
 
@@ -83,8 +84,17 @@ def tensor_leaves(args) -> list:
     return [t for t in pytree.tree_leaves(list(args)) if isinstance(t, torch.Tensor)]
 
 
-def transformed(args) -> bool:
-    """Whether an argument is a functorch wrapper (vmap's BatchedTensor, grad's
-    tracking tensor): generated kernels cannot read its storage."""
+def transformed(args) -> str | None:
+    """Why these arguments must run eagerly, or None: a functorch wrapper (vmap's
+    BatchedTensor, grad's tracking tensor: kernels cannot read its storage), a tensor
+    subclass (its methods would not run, its type would be lost), or dual tensors of
+    forward-mode AD (kernels carry no tangents)."""
     is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return any(is_wrapped(t) for t in tensor_leaves(args))
+    for t in tensor_leaves(args):
+        if is_wrapped(t):
+            return "calls inside torch.func transforms (vmap, grad, jacrev)"
+        if type(t) not in (torch.Tensor, torch.nn.Parameter):
+            return f"tensor subclasses ({type(t).__name__})"
+    if forward_ad._current_level >= 0:
+        return "calls under forward-mode AD (torch.autograd.forward_ad)"
+    return None

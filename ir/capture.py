@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from ir.fx_hazards import constant_tensors, fx_hazard
 from ir.inplace_ops import InplaceTracer
-from ir.state import StateRead, state_reads
+from ir.state import StateRead, module_structure_read, state_reads
 
 
 class CaptureError(RuntimeError):
@@ -67,6 +68,9 @@ def trace_with_state(model, concrete_args: dict | None = None, n_args: int | Non
     """``trace``, and the Python state the traced code read (to guard)."""
     tracer = _RecordingTracer()
     name = getattr(model, "__name__", type(model).__name__)
+    hazard = fx_hazard(model)
+    if hazard:
+        raise CaptureError(f"fusion: torch.fx would not capture {name} faithfully: {hazard}")
     try:
         root = model if isinstance(model, (torch.nn.Module, types.FunctionType)) else as_function(model, n_args)
         with _TRACE_LOCK:  # fx patches global functions while it traces: one at a time
@@ -81,7 +85,12 @@ def trace_with_state(model, concrete_args: dict | None = None, n_args: int | Non
             "Pass fallback='eager' to run such a model eagerly.") from e
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__ if isinstance(model, torch.nn.Module)
                         else root.__name__)
-    return Traced(gm, state_reads(root, tracer.traced))
+    baked = constant_tensors(gm, model)
+    if baked:
+        raise CaptureError(f"fusion: torch.fx would freeze the tensors {name} makes in forward "
+                           f"({', '.join(baked)}): made once while tracing, not at every call")
+    structure = module_structure_read(model)
+    return Traced(gm, state_reads(root, tracer.traced) + ([structure] if structure else []))
 
 
 def as_function(fn, n_args: int | None = None) -> types.FunctionType:

@@ -91,7 +91,7 @@ def lower(gm: fx.GraphModule, args: tuple, root=None) -> Captured:
         elif n.op == "get_attr":
             env[n] = param(n.target, fetch_attr(root, n.target))
         elif n.op == "output":
-            leaves, spec = pytree.tree_flatten(fx.node.map_arg(n.args[0], env.__getitem__))
+            leaves, spec = pytree.tree_flatten(_mutable(fx.node.map_arg(n.args[0], env.__getitem__)))
             g.outputs = [x for x in leaves if isinstance(x, Node)]
             return Captured(g, spec, leaves, modules)
         else:
@@ -99,6 +99,18 @@ def lower(gm: fx.GraphModule, args: tuple, root=None) -> Captured:
             kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
             env[n] = _lower_call(g, submodule, n, args_, kwargs, param)
     raise CaptureError("fusion: traced graph has no output")
+
+
+def _mutable(value):
+    """fx's immutable_list/immutable_dict as the list/dict eager returns (the caller may
+    change them: ``out["loss"] = ...``)."""
+    if isinstance(value, dict):
+        return {k: _mutable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mutable(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_mutable(v) for v in value)
+    return value
 
 
 def fetch_attr(root, qualname: str):
@@ -114,6 +126,8 @@ def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
     if getattr(target, "__module__", "").startswith(("torch._functorch", "torch._C._functorch")):
         raise NotLowered(f"fusion: torch.func transforms (vmap, grad) are not fused: "
                            f"{getattr(target, '__name__', target)} in the graph")
+    if "autocast" in getattr(target, "__name__", ""):  # Dynamo's _enter_autocast/_exit_autocast
+        raise NotLowered("fusion: torch.autocast inside forward is not applied by fused kernels")
     if n.op == "call_module":
         mod = submodule(n.target)
         if isinstance(mod, _PASSTHROUGH_MODULES) or (isinstance(mod, torch.nn.Dropout) and not mod.training):

@@ -37,6 +37,7 @@ _STDLIB_DIR = sysconfig.get_paths()["stdlib"]
 _PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device,
           torch.memory_format, torch.layout, enum.Enum)
 _MAX_DEPTH = 4  # functions reached through globals, from a forward
+_OBJECT_DEPTH = 2  # levels of plain objects' fields guarded (self.cfg.sub.eps, CFG.sub.a)
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +63,35 @@ class StateRead:
         return type(now) is type(self.value) and (now is self.value or now == self.value)
 
 
+@dataclass(frozen=True, eq=False)
+class ComputedRead:
+    """A value computed from live objects at every check, equal to what capture saw."""
+    compute: object
+    value: object
+    label: str
+
+    def holds(self) -> bool:
+        return self.compute() == self.value
+
+
+def module_structure_read(root) -> ComputedRead | None:
+    """What fx baked in of ``root``'s module tree without reading an attribute by name:
+    that no module has hooks (fx ran none of them into the graph), that no instance has its
+    own ``forward``, and the members of each container (``ModuleList.append`` adds a layer
+    the unrolled loop never runs)."""
+    if not isinstance(root, torch.nn.Module):
+        return None
+    modules = list(root.modules())
+    containers = [m for m in modules if isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential,
+                                                        torch.nn.ModuleDict))]
+
+    def structure():
+        return (any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                    or "forward" in m.__dict__ for m in modules),
+                tuple(tuple(c._modules) for c in containers))
+    return ComputedRead(structure, structure(), "the module tree (hooks, an instance forward, containers)")
+
+
 class StateGuards:
     """The reads of one capture; ``hold()`` is True while none has changed."""
 
@@ -79,16 +109,75 @@ class StateGuards:
         return next((r.label for r in self.reads if not r.holds()), None)
 
 
+@dataclass(frozen=True)
+class CodeSite:
+    """A code object capture runs: its globals, the module it is a method of (or None),
+    and the function it is the body of (None for a nested code object)."""
+    code: types.CodeType
+    globals: dict
+    owner: object
+    fn: object
+
+
+def user_code(root, modules: list) -> list[CodeSite]:
+    """The user's code capturing ``root`` runs: the forward of the root (or the root
+    function) and of ``modules`` (``functools.wraps`` wrappers followed), the functions
+    they reach through globals, and the code nested in them; torch's own code left out."""
+    sites: list[CodeSite] = []
+    seen: set = set()
+    owners = [(root, None)] if not isinstance(root, torch.nn.Module) else []
+    owners += [(type(m).forward, m) for m in [root] + list(modules) if isinstance(m, torch.nn.Module)]
+    for fn, owner in owners:
+        _walk_function(fn, owner, sites, seen, 0)
+    return sites
+
+
+def _walk_function(fn, owner, sites: list, seen: set, depth: int) -> None:
+    while fn is not None:  # a decorated forward: the wrapper, then what it wraps
+        fn = getattr(fn, "__func__", fn)
+        code = getattr(fn, "__code__", None)
+        if code is None or (code, id(owner)) in seen:
+            return
+        seen.add((code, id(owner)))
+        if not _is_torch(code):  # torch's own decorators (no_grad) are skipped, what they wrap is not
+            _walk_code(code, fn.__globals__, owner, fn, sites, seen, depth)
+        fn = getattr(fn, "__wrapped__", None)
+
+
+def _walk_code(code, globals_: dict, owner, fn, sites: list, seen: set, depth: int) -> None:
+    sites.append(CodeSite(code, globals_, owner, fn))
+    for name in set(code.co_names) & globals_.keys():
+        value = globals_[name]
+        if isinstance(value, types.FunctionType) and depth < _MAX_DEPTH:
+            _walk_function(value, None, sites, seen, depth + 1)
+    for const in code.co_consts:  # nested functions, lambdas and comprehensions
+        if isinstance(const, types.CodeType) and not _is_torch(const):
+            _walk_code(const, globals_, owner, None, sites, seen, depth)
+
+
 def state_reads(root, traced_modules: list) -> list[StateRead]:
     """What the code run by capturing ``root`` (a module or function) read, with
     ``traced_modules`` the modules fx traced into (their forwards ran)."""
     reads: dict[tuple, StateRead] = {}
-    owners = [(root, None)] if not isinstance(root, torch.nn.Module) else []
-    owners += [(type(m).forward, m) for m in [root] + list(traced_modules)
-               if isinstance(m, torch.nn.Module)]
-    seen: set = set()
-    for fn, owner in owners:
-        _scan_function(fn, owner, reads, seen, 0)
+    for site in user_code(root, traced_modules):
+        names = set(site.code.co_names)
+        if site.fn is not None:
+            for cell_name, cell in zip(site.code.co_freevars, site.fn.__closure__ or ()):
+                _add_cell(reads, cell, f"closure {cell_name} of {site.fn.__qualname__}")
+                value = getattr(cell, "cell_contents", None)
+                if isinstance(value, types.ModuleType) and _is_user_module(value):
+                    _scan_object(value, names, reads, cell_name, depth=1)
+        for name in names & site.globals.keys():
+            value = site.globals[name]
+            if isinstance(value, types.ModuleType):
+                if _is_user_module(value):  # ``config.SCALE`` where ``config`` is the user's module
+                    _scan_object(value, names, reads, name, depth=1)
+                continue
+            _add(reads, site.globals, name, value, f"global {name}")
+            if _is_plain_object(value):  # a global config object's fields
+                _scan_object(value, names, reads, f"global {name}", depth=_OBJECT_DEPTH)
+        if isinstance(site.owner, torch.nn.Module):
+            _scan_object(site.owner, names, reads, "self", depth=_OBJECT_DEPTH + 1)
     return list(reads.values())
 
 
@@ -103,49 +192,16 @@ def module_reads(modules: dict) -> list[StateRead]:
     return list(reads.values())
 
 
-def _scan_function(fn, owner, reads: dict, seen: set, depth: int) -> None:
-    while fn is not None:  # a decorated forward: the wrapper, then what it wraps
-        fn = getattr(fn, "__func__", fn)
-        code = getattr(fn, "__code__", None)
-        if code is None or (code, id(owner)) in seen or _is_torch(code):
-            return
-        seen.add((code, id(owner)))
-        for cell_name, cell in zip(code.co_freevars, fn.__closure__ or ()):
-            _add_cell(reads, cell, f"closure {cell_name} of {fn.__qualname__}")
-            value = getattr(cell, "cell_contents", None)
-            if isinstance(value, types.ModuleType) and _is_user_module(value):
-                _scan_object(value, set(code.co_names), reads, cell_name, deep=False)
-        _scan_code(code, fn.__globals__, owner, reads, seen, depth)
-        fn = getattr(fn, "__wrapped__", None)
-
-
-def _scan_code(code, globals_: dict, owner, reads: dict, seen: set, depth: int) -> None:
-    names = set(code.co_names)
-    for name in names & globals_.keys():
-        value = globals_[name]
-        if isinstance(value, types.ModuleType):
-            if _is_user_module(value):  # ``config.SCALE`` where ``config`` is the user's module
-                _scan_object(value, names, reads, name, deep=False)
-            continue
-        _add(reads, globals_, name, value, f"global {name}")
-        if isinstance(value, types.FunctionType) and depth < _MAX_DEPTH:
-            _scan_function(value, None, reads, seen, depth + 1)
-    if isinstance(owner, torch.nn.Module):
-        _scan_object(owner, names, reads, "self", deep=True)
-    for const in code.co_consts:  # nested functions, lambdas and comprehensions
-        if isinstance(const, types.CodeType) and not _is_torch(const):
-            _scan_code(const, globals_, owner, reads, seen, depth)
-
-
-def _scan_object(obj, names: set, reads: dict, label: str, deep: bool) -> None:
+def _scan_object(obj, names: set, reads: dict, label: str, depth: int) -> None:
+    """``obj``'s fields named in ``names``, and ``depth - 1`` levels into plain objects."""
     attrs = getattr(obj, "__dict__", {})
     for name in names & attrs.keys():
         value = attrs[name]
         if name.startswith("__") or isinstance(value, torch.Tensor):
             continue
         _add(reads, attrs, name, value, f"{label}.{name}")
-        if deep and _is_plain_object(value):
-            _scan_object(value, names, reads, f"{label}.{name}", deep=False)
+        if depth > 1 and _is_plain_object(value):
+            _scan_object(value, names, reads, f"{label}.{name}", depth - 1)
     if isinstance(obj, torch.nn.Module):
         for name in names & obj._modules.keys():
             _add(reads, obj._modules, name, obj._modules[name], f"{label}.{name}")
