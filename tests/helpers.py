@@ -235,3 +235,14 @@ def count_kernels(fn, *args) -> tuple[int, int]:
     import fusion
     report = fusion.explain(fn, *args)
     return len(report.kernels), len(report.backward_kernels)
+
+
+def trace_keeping_inplace(root):
+    """fx with in-place ops kept (ir.inplace_ops), without capture's refusals: for tests of
+    the functionalization pass itself, on graphs fusion.compile would send to Dynamo."""
+    import torch.fx as fx
+
+    from ir.inplace_ops import InplaceTracer
+    tracer = InplaceTracer()
+    graph = tracer.trace(root)
+    return fx.GraphModule(tracer.root, graph)

@@ -19,15 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ir.functionalize import FunctionalizeError, functionalize, may_mutate, run_functionalized
-from ir.inplace_ops import InplaceTracer
 
-
-def symbolic_trace(root):
-    """fx with in-place ops kept (ir.inplace_ops), without capture's refusals: the pass itself
-    is under test here, on graphs fusion.compile would send to Dynamo (constants made in forward)."""
-    tracer = InplaceTracer()
-    graph = tracer.trace(root)
-    return fx.GraphModule(tracer.root, graph)
+from helpers import trace_keeping_inplace as symbolic_trace
 
 SOURCES = ["fx", "dynamo"]
 

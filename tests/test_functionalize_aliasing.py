@@ -16,15 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ir.functionalize import FunctionalizeError, functionalize, inputs_alias, may_mutate, run_functionalized
-from ir.inplace_ops import InplaceTracer
 
-
-def symbolic_trace(root):
-    """fx with in-place ops kept (ir.inplace_ops), without capture's refusals: the pass itself
-    is under test here, on graphs fusion.compile would send to Dynamo (constants made in forward)."""
-    tracer = InplaceTracer()
-    graph = tracer.trace(root)
-    return fx.GraphModule(tracer.root, graph)
+from helpers import trace_keeping_inplace as symbolic_trace
 
 N_PROGRAMS = int(os.environ.get("FUSION_FUNCTIONALIZE_PROGRAMS", "40"))  # more: deeper fuzzing
 
