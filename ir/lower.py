@@ -61,6 +61,7 @@ def lower(gm: fx.GraphModule, args: tuple, root=None) -> Captured:
     params: dict[str, Node] = {}
     modules: dict[str, tuple] = {}
     arg_iter = iter(args)
+    grad_mode = _GradMode()
 
     def submodule(qualname: str):
         mod = root.get_submodule(qualname)
@@ -94,11 +95,56 @@ def lower(gm: fx.GraphModule, args: tuple, root=None) -> Captured:
             leaves, spec = pytree.tree_flatten(_mutable(fx.node.map_arg(n.args[0], env.__getitem__)))
             g.outputs = [x for x in leaves if isinstance(x, Node)]
             return Captured(g, spec, leaves, modules)
+        elif n.op == "call_function" and n.target in _SET_GRAD_ENABLED:
+            grad_mode.set(n.args[0] if n.args else n.kwargs["mode"])
+            env[n] = None
         else:
             args_ = fx.node.map_arg(n.args, env.__getitem__)
             kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
-            env[n] = _lower_call(g, submodule, n, args_, kwargs, param)
+            first = len(g.nodes)
+            env[n] = grad_mode.detach_new(g, _lower_call(g, submodule, n, args_, kwargs, param), first)
     raise CaptureError("fusion: traced graph has no output")
+
+
+# Dynamo's spelling of ``no_grad``/``enable_grad``/``set_grad_enabled`` regions (and of
+# ``torch.set_grad_enabled(False)`` called as a function)
+_SET_GRAD_ENABLED = (torch._C._set_grad_enabled, torch.set_grad_enabled)
+
+
+class _GradMode:
+    """Grad mode inside the graph. What a region with gradients off computes gets no
+    gradient: each value it makes is wrapped in ``detach`` (as eager, where those tensors
+    have ``requires_grad=False``; values it passes through unchanged keep theirs). The
+    plan's key holds the grad mode of the call, so the graph starts in it."""
+
+    def __init__(self):
+        self.entry = self.enabled = torch.is_grad_enabled()
+        self.off_tuples: set = set()  # tuple-valued externs made with gradients off
+
+    def set(self, enabled) -> bool:
+        if not isinstance(enabled, bool):
+            raise NotLowered(f"fusion: grad mode set to a traced value {enabled!r}")
+        if enabled and not self.entry:
+            raise NotLowered("fusion: gradients enabled inside a call made without them (enable_grad "
+                             "under no_grad) are not recorded by fused kernels")
+        self.enabled = enabled
+        return enabled
+
+    def detach_new(self, g: Graph, value, first: int):
+        """``value`` with the tensors made since node ``first`` with gradients off detached
+        (an element taken later from a tuple made then counts as made then)."""
+        def detach(v):
+            if not isinstance(v, Node) or v.id < first:
+                return v
+            if is_tuple_node(v):
+                if not self.enabled:
+                    self.off_tuples.add(v)
+                return v
+            if v.op == "cast" and v.inputs[0].dtype == v.dtype:
+                return v  # x.float(), x.to(x.dtype): eager returns x itself
+            off = not self.enabled or (v.op == "getitem" and v.inputs[0] in self.off_tuples)
+            return g.call("detach", v) if off and v.dtype.is_floating_point else v
+        return pytree.tree_map(detach, value)
 
 
 def _mutable(value):
@@ -128,6 +174,8 @@ def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
                            f"{getattr(target, '__name__', target)} in the graph")
     if "autocast" in getattr(target, "__name__", ""):  # Dynamo's _enter_autocast/_exit_autocast
         raise NotLowered("fusion: torch.autocast inside forward is not applied by fused kernels")
+    if "inference_mode" in getattr(target, "__name__", ""):  # Dynamo's _enter_inference_mode
+        raise NotLowered("fusion: torch.inference_mode inside forward is not applied by fused kernels")
     if n.op == "call_module":
         mod = submodule(n.target)
         if isinstance(mod, _PASSTHROUGH_MODULES) or (isinstance(mod, torch.nn.Dropout) and not mod.training):

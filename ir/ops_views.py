@@ -16,6 +16,7 @@ from ir.shape_rules import (
     reshape_rule,
     transpose_rule,
     unsqueeze_rule,
+    view_rule,
 )
 from ir.types import sum_to_rule
 
@@ -62,6 +63,11 @@ op("expand", OpKind.VIEW, expand_rule, lambda x, shape: x.expand(shape),
    aliases=("expand",), parse=lambda alias, args, kwargs: (
        args[:1], {"shape": _sizes(args[1:] or kwargs["size"])}),
    sample_attrs=lambda shape: ({"shape": (2, *shape)}, {"shape": tuple(-1 for _ in shape)}))
+
+# torch.detach, and what a no_grad region computes (lowering wraps those values): the same
+# storage with no gradient; torch makes it, so a write through it reaches the original
+op("detach", OpKind.VIEW, view_rule(lambda shape: shape), torch.detach, lambda bwd, out, g, x: (None,),
+   aliases=(torch.detach, "detach"), differentiable=False)
 
 op("narrow", OpKind.VIEW, narrow_rule, lambda x, dim, start, length: x.narrow(dim, start, length),
    lambda bwd, out, g, x, dim, start, length: (bwd.call("pad_to", g, dim=dim, start=start, size=x.shape[dim]),),

@@ -160,6 +160,56 @@ def test_gradients_follow_what_forward_does_to_autograd(make):
         torch.testing.assert_close(x.grad, x2.grad)
 
 
+def set_grad_enabled_calls(x):
+    torch.set_grad_enabled(False)
+    y = torch.sigmoid(x) * 3
+    torch.set_grad_enabled(True)
+    return x * y
+
+
+def no_grad_views_and_tuples(x):
+    with torch.no_grad():
+        v = x.view(-1)            # a view made with gradients off has none
+        top = x.max(dim=-1)       # a tuple op; its element is taken after the region
+    return x * v.view_as(x) + top[0].unsqueeze(-1) + x.detach() * x
+
+
+def passes_through_no_grad(x):
+    with torch.no_grad():
+        y = x                     # the same tensor: keeps its gradient
+        z = x.float()             # already float: returns x itself, as eager
+    return torch.sigmoid(y) * z
+
+
+def inference_mode_inside(x):
+    with torch.inference_mode():
+        y = x * 2
+    return y + 1
+
+
+GRAD_MODE_CASES = [set_grad_enabled_calls, no_grad_views_and_tuples, passes_through_no_grad, no_grad_inside,
+                   inference_mode_inside]
+
+
+@pytest.mark.parametrize("entry", ["compile", "backend"])
+@pytest.mark.parametrize("f", GRAD_MODE_CASES, ids=[f.__name__ for f in GRAD_MODE_CASES])
+@pytest.mark.parametrize("outer_grad", [True, False], ids=["grad", "no_grad_call"])
+def test_grad_mode_regions_match_eager(f, entry, outer_grad):
+    x, x2 = (torch.tensor([[0.5, -1.0, 2.0], [3.0, -0.25, 1.5]], device=DEVICE, requires_grad=True)
+             for _ in range(2))
+    compiled = fusion.compile(f) if entry == "compile" else torch.compile(f, backend="fusion")
+    for _ in range(2):  # the second call reuses the plan
+        with torch.set_grad_enabled(outer_grad):
+            ours, eager = compiled(x), f(x2)
+        torch.testing.assert_close(ours, eager)
+        assert ours.requires_grad == eager.requires_grad
+        if eager.requires_grad:
+            ours.sum().backward()
+            eager.sum().backward()
+            torch.testing.assert_close(x.grad, x2.grad)
+            x.grad = x2.grad = None
+
+
 def test_autocast_inside_forward():
     def f(a, b):
         with torch.autocast("cpu", dtype=torch.bfloat16):
