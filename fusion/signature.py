@@ -87,14 +87,16 @@ def tensor_leaves(args) -> list:
 def transformed(args) -> str | None:
     """Why these arguments must run eagerly, or None: a functorch wrapper (vmap's
     BatchedTensor, grad's tracking tensor: kernels cannot read its storage), a tensor
-    subclass (its methods would not run, its type would be lost), or dual tensors of
-    forward-mode AD (kernels carry no tangents)."""
+    subclass (its methods would not run, its type would be lost), a meta tensor, or dual
+    tensors of forward-mode AD (kernels carry no tangents)."""
     is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     for t in tensor_leaves(args):
         if is_wrapped(t):
             return "calls inside torch.func transforms (vmap, grad, jacrev)"
         if type(t) not in (torch.Tensor, torch.nn.Parameter):
             return f"tensor subclasses ({type(t).__name__})"
+        if t.is_meta:
+            return "calls on meta tensors (no data for kernels to read)"
     if forward_ad._current_level >= 0:
         return "calls under forward-mode AD (torch.autograd.forward_ad)"
     return None

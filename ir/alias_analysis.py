@@ -64,6 +64,8 @@ class Write:
     state: str | None = None
     positions: tuple = ()  # where the written tensor sits in pytree leaves of (args, kwargs)
     detached: bool = False  # written through a view outside the root's autograd (detach)
+    no_grad: bool = False   # autograd saw none of the node's writes (no_grad or .detach() inside
+                            # the call: F.embedding's max_norm renorm)
 
 
 @dataclass
@@ -163,7 +165,7 @@ class _Analyzer:
         mod, state = self._fake_module(n.target) if n.op == "call_module" else (None, {})
         in_leaves = _tensor_leaves((args, kwargs))
         before = [(t, _version(t), (t.shape, t.stride(), t.storage_offset())) for t in in_leaves]
-        self.recorder.written.clear()
+        self.recorder.clear()
         try:
             with self.mode, self.recorder:
                 value = _run(n, mod, args, kwargs, state)
@@ -210,7 +212,8 @@ class _Analyzer:
                 name = state_keys[key]
                 if key not in self.storages:
                     self.storages[key] = StorageInfo(None, None, state[name], ("attr", f"{n.target}.{name}"))
-                writes.append(Write(key, None, name))
+                writes.append(Write(key, None, name, no_grad=state[name].requires_grad
+                                    and key not in self.recorder.recorded))
                 continue
             arg = self._written_arg(n, candidates)
             fake = self.nodes[arg].fake
@@ -220,7 +223,8 @@ class _Analyzer:
                                          "structure pytree does not flatten")
             root = self.storages[key].fake
             detached = root.requires_grad and not fake.requires_grad
-            writes.append(Write(key, arg, None, positions, detached))
+            no_grad = root.requires_grad and key not in self.recorder.recorded
+            writes.append(Write(key, arg, None, positions, detached, no_grad))
         return writes
 
     def _written_arg(self, n: fx.Node, candidates: list) -> fx.Node:
@@ -315,9 +319,15 @@ class _WriteRecorder(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.written: list[torch.Tensor] = []
+        self.recorded: set = set()  # storages written at least once as autograd records it
+
+    def clear(self):
+        self.written.clear()
+        self.recorded.clear()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        start = len(self.written)
         for i, name in _written_arguments(func):
             value = args[i] if i < len(args) else kwargs.get(name)
             self.written.extend(t for t in (value if isinstance(value, (list, tuple)) else (value,))
@@ -325,6 +335,9 @@ class _WriteRecorder(TorchDispatchMode):
         unannotated = _UNANNOTATED_WRITES.get(func._schema.name.split("::")[-1])
         if unannotated and len(args) > unannotated[1] and args[unannotated[1]]:
             self.written.extend(args[i] for i in unannotated[0] if args[i] is not None)
+        if torch.is_grad_enabled():  # grad mode as the op's caller set it (no_grad inside a call)
+            # a tensor not requiring grad here is a .detach() of one (F.embedding's max_norm)
+            self.recorded.update(storage_key(t) for t in self.written[start:] if t.requires_grad)
         return func(*args, **kwargs)
 
 

@@ -5,6 +5,7 @@ Lowering that graph to the IR, per input signature, is ``ir.lower``.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import types
@@ -30,6 +31,15 @@ class NotLowered(CaptureError):
 class FunctionalizeError(NotLowered):
     """The graph has a mutation or aliasing pattern functionalization does not handle (the
     message says which); eager PyTorch would run it: the caller runs it eagerly."""
+
+
+@contextlib.contextmanager
+def rng_kept():
+    """Capture leaves the random state as it found it (CPU and every started GPU): a
+    trace or a type probe that runs ``torch.randn`` must not draw the call's numbers."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
 
 
 @dataclass
@@ -73,7 +83,7 @@ def trace_with_state(model, concrete_args: dict | None = None, n_args: int | Non
         raise CaptureError(f"fusion: torch.fx would not capture {name} faithfully: {hazard}")
     try:
         root = model if isinstance(model, (torch.nn.Module, types.FunctionType)) else as_function(model, n_args)
-        with _TRACE_LOCK:  # fx patches global functions while it traces: one at a time
+        with _TRACE_LOCK, rng_kept():  # fx patches global functions while it traces: one at a time
             graph = tracer.trace(root, concrete_args=concrete_args)
     except CaptureError:
         raise

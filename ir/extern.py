@@ -16,13 +16,14 @@ A non-tensor result that needed a probe depends on tensor values (``.item()``,
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from ir.capture import CaptureError
+from ir.capture import CaptureError, rng_kept
 from ir.graph import Graph, Node
 from ir.types import meta
 
@@ -38,12 +39,14 @@ def make_extern(g: Graph, n: fx.Node, target, args, kwargs, reason: str):
     label = _target_name(n, target)
     attrs = {"target": target, "method": n.op == "call_method", "args": args, "kwargs": kwargs,
              "label": label, "reason": reason}
-    device = inputs[0].device if inputs else torch.device("cpu")
-    try:
-        out = _run_on(attrs, _meta_value)
-    except (NotImplementedError, RuntimeError):
-        out = _probe(attrs, label)
-        attrs["probed"] = True
+    device = inputs[0].device if inputs else torch.get_default_device()
+    with rng_kept():  # a factory (torch.randn(3)) or a probe must not draw from the call's RNG
+        try:
+            with torch.device("meta") if not inputs else contextlib.nullcontext():
+                out = _run_on(attrs, _meta_value)  # a factory on no tensor: typed on meta too
+        except (NotImplementedError, RuntimeError):
+            out = _probe(attrs, label)
+            attrs["probed"] = True
         if not _has_tensor(out):
             raise CaptureError(f"fusion: {label} returns a Python value computed from tensor data "
                                f"({type(out).__name__}); data-dependent Python cannot be captured. "
@@ -134,6 +137,8 @@ def _probe(attrs, label):
             return values.to(device=device, dtype=dtype)
         return lambda x: (_rebuild(x.attrs["structure"], make) if is_tuple_node(x) else
                           make(x.shape, x.dtype, x.device) if isinstance(x, Node) else x)
+    if isinstance(attrs["target"], torch.nn.Module):  # its state (running stats) is the call's alone
+        attrs = {**attrs, "target": copy.deepcopy(attrs["target"])}
     first, second = _run_on(attrs, fill(False)), _run_on(attrs, fill(True))
     if not _has_tensor(first):
         return first  # a Python value: make_extern refuses it

@@ -212,15 +212,21 @@ class _Rewriter:
         if w.arg is None or (same_geometry(self.nodes[w.arg].fake, si.fake) and not w.detached):
             self.base[s] = new_value
         else:
+            if torch._debug_has_internal_overlap(self.nodes[w.arg].fake) != 0:
+                # unfold/as_strided views: elements written twice; a scatter would write once
+                raise FunctionalizeError(f"{n.format_node()} writes through a view whose elements "
+                                         "overlap; run eagerly")
             chain, externals = self._chain(w.arg, s)
             scatter = view_scatter(chain, w.arg.name)
             self.base[s] = self.graph.call_function(
                 scatter, (old, new_value, *[self.current(e) for e in externals]))
             self.notes.append(f"%{n.name}: write through view %{w.arg.name} -> {scatter.__name__}")
-        grad = self.nodes[n].grad_enabled
-        if not grad and self.info.grad_at_entry:  # written inside the graph's no_grad region
+        # a write under no_grad or through .data/.detach() changes values, not autograd history
+        grad = self.nodes[n].grad_enabled and not w.detached and not w.no_grad
+        if not grad and self.info.grad_at_entry:
             self.base[s] = self.graph.call_function(rebase_autograd, (old, self.base[s]))
-            self.notes.append(f"%{n.name}: written under no_grad -> rebase_autograd")
+            self.notes.append(f"%{n.name}: written under no_grad or through a detached view "
+                              "-> rebase_autograd")
         self.version[s] = self.version.get(s, 0) + 1
         self.last_grad[s] = None if grad == self.info.grad_at_entry else grad
 

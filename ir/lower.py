@@ -18,6 +18,7 @@ import torch.utils._pytree as pytree
 from ir.capture import CaptureError, NotLowered
 from ir.eager_checks import call_checked, eager_error
 from ir.extern import element, is_tuple_node, make_extern
+from ir.functional_helpers import rebase_autograd
 from ir.graph import Graph, Node
 from ir.ops import DECOMPOSITIONS, FUSIBLE, OPS
 from ir.types import meta, require_kernel_types
@@ -35,6 +36,7 @@ ALIASES = _alias_table()
 _PASSTHROUGH_MODULES = (torch.nn.Identity,)
 _SHAPE_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"}
 _SHAPE_METHODS = {"size", "dim", "numel", "get_device"}
+_AUTOGRAD_METHODS = {"register_hook", "retain_grad", "register_post_accumulate_grad_hook"}
 
 
 @dataclass
@@ -102,7 +104,10 @@ def lower(gm: fx.GraphModule, args: tuple, root=None) -> Captured:
             args_ = fx.node.map_arg(n.args, env.__getitem__)
             kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
             first = len(g.nodes)
-            env[n] = grad_mode.detach_new(g, _lower_call(g, submodule, n, args_, kwargs, param), first)
+            value = _lower_call(g, submodule, n, args_, kwargs, param)
+            # rebase_autograd (functionalization's write under no_grad) keeps the written
+            # tensor's autograd identity on purpose: its result is not the region's
+            env[n] = value if n.target is rebase_autograd else grad_mode.detach_new(g, value, first)
     raise CaptureError("fusion: traced graph has no output")
 
 
@@ -176,6 +181,10 @@ def _lower_call(g: Graph, submodule, n: fx.Node, args, kwargs, param):
         raise NotLowered("fusion: torch.autocast inside forward is not applied by fused kernels")
     if "inference_mode" in getattr(target, "__name__", ""):  # Dynamo's _enter_inference_mode
         raise NotLowered("fusion: torch.inference_mode inside forward is not applied by fused kernels")
+    # Dynamo spells x.register_hook(fn) as a higher-order op named register_hook
+    hook = n.target if n.op == "call_method" else str(getattr(target, "_name", ""))
+    if hook in _AUTOGRAD_METHODS:
+        raise NotLowered(f"fusion: {hook} in forward acts on autograd's graph, which fused kernels replace")
     if n.op == "call_module":
         mod = submodule(n.target)
         if isinstance(mod, _PASSTHROUGH_MODULES) or (isinstance(mod, torch.nn.Dropout) and not mod.training):

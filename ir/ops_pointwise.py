@@ -21,7 +21,9 @@ def _pointwise(name, promotion, eager, triton, vjp, **kw):
 
 
 # ---- pointwise: arithmetic ------------------------------------------------
-_pointwise("add", "common", lambda x, y: torch.add(x, y), lambda args, attrs, ctype: f"{args[0]} + {args[1]}",
+# bool + bool is logical or in torch (True + True is True), not a 1-bit sum
+_pointwise("add", "common", lambda x, y: torch.add(x, y), lambda args, attrs, ctype: (
+               f"{args[0]} | {args[1]}" if ctype == "tl.int1" else f"{args[0]} + {args[1]}"),
            lambda bwd, out, g, x, y: (g, g), aliases=(torch.add, operator.add, "add", "__add__", "__radd__"), arity=2)
 _pointwise("sub", "common", lambda x, y: torch.sub(x, y), lambda args, attrs, ctype: f"{args[0]} - {args[1]}",
            lambda bwd, out, g, x, y: (g, bwd.call("neg", g)),

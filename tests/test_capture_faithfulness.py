@@ -395,3 +395,65 @@ def test_silu_module_with_inplace_flag_in_a_sequential():
     m = nn.Sequential(nn.Linear(3, 3), nn.SiLU(inplace=True))
     x = torch.randn(2, 3)
     torch.testing.assert_close(fusion.compile(m)(x), F.silu(m[0](x)))
+
+
+# ---- capture draws no random numbers, runs nothing for real --------------------------------
+
+def factory_draw(x):
+    return torch.sigmoid(x) + torch.randn(x.shape[-1])
+
+
+def like_draw(x):
+    return torch.sigmoid(x) * torch.rand_like(x)
+
+
+def dropout_draw(x):
+    return F.dropout(torch.sigmoid(x), 0.5, training=True) + torch.randint(0, 4, (3,))
+
+
+def bernoulli_draw(x):
+    return torch.bernoulli(torch.sigmoid(x)) * x
+
+
+RANDOM_CASES = [factory_draw, like_draw, dropout_draw, bernoulli_draw]
+
+
+@pytest.mark.parametrize("entry", ["compile", "backend"])
+@pytest.mark.parametrize("f", RANDOM_CASES, ids=[f.__name__ for f in RANDOM_CASES])
+def test_random_draws_follow_the_callers_generator(f, entry):
+    """The first call (capture, type probes) draws exactly what eager draws: same values
+    from the same seed, and the generator left where eager leaves it."""
+    x = torch.randn(4, 3, device=DEVICE)
+    compiled = fusion.compile(f) if entry == "compile" else torch.compile(f, backend="fusion")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        eager, after_eager = f(x), torch.rand(2)
+        torch.manual_seed(seed)
+        ours, after_ours = compiled(x), torch.rand(2)
+        torch.testing.assert_close(ours, eager)
+        torch.testing.assert_close(after_ours, after_eager)
+
+
+def hook_in_forward(x):
+    y = torch.sigmoid(x)
+    y.register_hook(lambda g: g * 2)
+    return y * 3
+
+
+@pytest.mark.parametrize("entry", ["compile", "backend"])
+def test_tensor_hooks_registered_in_forward_run(entry):
+    x, x2 = (torch.tensor([0.5, -1.0, 2.0], requires_grad=True) for _ in range(2))
+    compiled = fusion.compile(hook_in_forward) if entry == "compile" else torch.compile(hook_in_forward,
+                                                                                        backend="fusion")
+    compiled(x).sum().backward()
+    hook_in_forward(x2).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+@pytest.mark.parametrize("entry", ["compile", "backend"])
+def test_meta_tensors_run_as_eager(entry):
+    def f(x):
+        return torch.sigmoid(x) * 2
+    compiled = fusion.compile(f) if entry == "compile" else torch.compile(f, backend="fusion")
+    out = compiled(torch.empty(3, 4, device="meta"))
+    assert out.is_meta and out.shape == (3, 4)

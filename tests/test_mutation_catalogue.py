@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
+from torch import nn
 from test_functionalize import (
     BN,
     INPLACE_OPS,
@@ -129,3 +130,85 @@ def test_inputs_that_share_storage_run_like_eager(entry):
     out = run(ours[:3], ours[:3])        # now x and y are one tensor: y sees x's write
     torch.testing.assert_close(out, f(eager[:3], eager[:3]))
     torch.testing.assert_close(ours, eager)
+
+
+# ---- writes autograd does not see, and views whose elements overlap ----------------------
+
+class DataWrite(nn.Module):
+    """A write through ``.data``: values change, the parameter stays autograd's leaf."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(0.5, 2.0, 6))
+
+    def forward(self, x):
+        self.w.data.mul_(0.5)
+        return torch.sigmoid(x) * self.w
+
+
+class NoGradWrite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(-1.0, 1.0, 6))
+
+    def forward(self, x):
+        with torch.no_grad():
+            self.w.add_(0.25)
+        return torch.sigmoid(x * self.w)
+
+
+class EmbeddingMaxNorm(nn.Module):
+    """F.embedding(max_norm=...) renormalises the rows it reads, in place, through a
+    ``.detach()`` of the weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 6, max_norm=1.0)
+
+    def forward(self, i):
+        return torch.sigmoid(self.emb(i)) * 2
+
+
+def overlapping_view_write(x):
+    a = x * 1.0
+    a.unfold(1, 2, 1).mul_(2)   # elements inside the row sit in two windows: written twice
+    return torch.sigmoid(a)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("make,inputs", [
+    (DataWrite, lambda: [torch.randn(6, requires_grad=True)]),
+    (NoGradWrite, lambda: [torch.randn(6, requires_grad=True)]),
+    (EmbeddingMaxNorm, lambda: [torch.tensor([1, 3, 3, 7])]),
+    (fn(overlapping_view_write), lambda: [torch.randn(3, 5, requires_grad=True)]),
+], ids=["data_write", "no_grad_param_write", "embedding_max_norm", "overlapping_view_write"])
+def test_writes_outside_autograd_and_overlapping_views(make, inputs, entry):
+    torch.manual_seed(4)
+    check(make, inputs(), entry, calls=2, compile=entry_point)
+
+
+class WritesBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("b", torch.linspace(0.0, 1.0, 4))
+
+    def forward(self, x):
+        y = torch.sigmoid(x) * self.b
+        self.b.mul_(3)
+        return y + x
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("view", [False, True], ids=["buffer", "view_of_buffer"])
+def test_an_input_that_is_the_buffer_forward_writes(entry, view):
+    """The caller passes the module's own buffer (or a view of it): the write is seen
+    through the input, as in eager."""
+    ours_m, eager_m = WritesBuffer(), WritesBuffer()
+    run = entry_point(ours_m, None, entry)
+    for arg in ("buffer", "fresh", "buffer"):
+        if arg == "fresh":
+            a_ours, a_eager = torch.ones(4), torch.ones(4)
+        else:
+            a_ours, a_eager = (ours_m.b[:], eager_m.b[:]) if view else (ours_m.b, eager_m.b)
+        torch.testing.assert_close(run(a_ours), eager_m(a_eager))
+        torch.testing.assert_close(ours_m.b, eager_m.b)

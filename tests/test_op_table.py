@@ -201,6 +201,25 @@ def test_pointwise_forward_mixed_types(name):
         assert_matches(ours, same, f"{name} on {pair}")
 
 
+@pytest.mark.parametrize("name", _ops_with(lambda d: d.kind == OpKind.POINTWISE and not d.internal))
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int32, torch.int64], ids=SHORT.get)
+def test_pointwise_integer_and_bool_operands(name, dtype):
+    """Every op on integer and bool tensors where eager accepts them: eager's values and
+    type (bool + bool is logical or; integer arithmetic wraps)."""
+    d = OPS[name]
+    values = torch.tensor([0, 1, 2, 5, 127, 200, 3, 1], device=DEVICE)
+    operands = [(values.roll(k) % 2).bool() if dtype == torch.bool or dom == "bool" else values.roll(k).to(dtype)
+                for k, dom in enumerate(d.operand_domains())]
+    for attrs in d.sample_attrs(operands[0].shape):
+        try:
+            same = eager_op(name, operands, attrs)
+        except (TypeError, RuntimeError, NotImplementedError):
+            continue  # refused by eager: capture refuses it too (tests/test_bad_inputs.py)
+        (ours,) = run_graph(op_graph(name, operands, attrs), operands)
+        assert ours.dtype == same.dtype, f"{name}({attrs}) on {dtype}"
+        torch.testing.assert_close(ours, same, equal_nan=True, msg=lambda m: f"{name}({attrs}) on {dtype}\n{m}")
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool], ids=SHORT.get)
 def test_pow_of_integer_tensors_keeps_torchs_types(dtype):
     """int ** int stays int (wrapping on overflow, as torch), int ** float is float, and
