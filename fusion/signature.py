@@ -90,13 +90,14 @@ def transformed(args) -> str | None:
     subclass (its methods would not run, its type would be lost), a meta tensor, or dual
     tensors of forward-mode AD (kernels carry no tangents)."""
     is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    for t in tensor_leaves(args):
+    tensors = tensor_leaves(args)
+    for t in tensors:
         if is_wrapped(t):
             return "calls inside torch.func transforms (vmap, grad, jacrev)"
         if type(t) not in (torch.Tensor, torch.nn.Parameter):
             return f"tensor subclasses ({type(t).__name__})"
-        if t.is_meta:
-            return "calls on meta tensors (no data for kernels to read)"
+    if tensors and all(t.is_meta for t in tensors):  # mixed with real devices: capture refuses it
+        return "calls on meta tensors (no data for kernels to read)"
     if forward_ad._current_level >= 0:
         return "calls under forward-mode AD (torch.autograd.forward_ad)"
     return None

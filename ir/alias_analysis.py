@@ -335,9 +335,12 @@ class _WriteRecorder(TorchDispatchMode):
         unannotated = _UNANNOTATED_WRITES.get(func._schema.name.split("::")[-1])
         if unannotated and len(args) > unannotated[1] and args[unannotated[1]]:
             self.written.extend(args[i] for i in unannotated[0] if args[i] is not None)
-        if torch.is_grad_enabled():  # grad mode as the op's caller set it (no_grad inside a call)
-            # a tensor not requiring grad here is a .detach() of one (F.embedding's max_norm)
-            self.recorded.update(storage_key(t) for t in self.written[start:] if t.requires_grad)
+        # autograd records the write when grad mode is on (as the op's caller set it: a no_grad
+        # inside a call shows here) and some operand requires grad; F.embedding's max_norm
+        # renorm writes weight.detach() from integer indices: not recorded
+        if torch.is_grad_enabled() and any(t.requires_grad for t in pytree.tree_leaves((args, kwargs))
+                                           if isinstance(t, torch.Tensor)):
+            self.recorded.update(storage_key(t) for t in self.written[start:])
         return func(*args, **kwargs)
 
 

@@ -47,10 +47,10 @@ def make_extern(g: Graph, n: fx.Node, target, args, kwargs, reason: str):
         except (NotImplementedError, RuntimeError):
             out = _probe(attrs, label)
             attrs["probed"] = True
-        if not _has_tensor(out):
-            raise CaptureError(f"fusion: {label} returns a Python value computed from tensor data "
-                               f"({type(out).__name__}); data-dependent Python cannot be captured. "
-                               "Pass fallback='eager' to run such a model eagerly.") from None
+            if not _has_tensor(out):
+                raise CaptureError(f"fusion: {label} returns a Python value computed from tensor data "
+                                   f"({type(out).__name__}); data-dependent Python cannot be captured. "
+                                   "Pass fallback='eager' to run such a model eagerly.") from None
     if isinstance(out, torch.Tensor):
         where = device if out.is_meta else out.device
         return g.add_node("extern", inputs, attrs, out.shape, out.dtype, where, name=label)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
-from torch import nn
 from test_functionalize import (
     BN,
     INPLACE_OPS,
@@ -29,6 +28,7 @@ from test_functionalize import (
     sigmoid_setitem,
     views,
 )
+from torch import nn
 
 import fusion
 import fusion.dynamo

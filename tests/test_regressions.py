@@ -139,12 +139,16 @@ def _unary_table_ops():
 
 @pytest.mark.parametrize("name, attrs", _unary_table_ops())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_signed_zeros_keep_their_sign_like_eager(name, attrs, dtype):
+def test_signed_zeros_keep_their_sign_like_eager_in_float64(name, attrs, dtype):
     # seed 121737: tanh(-0.0) was +0.0, so log(tanh(x))'s gradient at -0.0 was -inf, not +inf
     from ir.ops import OPS
     x = torch.tensor([-0.0, 0.0, -1e-30, 1e-30], dtype=dtype)
     fn = (lambda op, a: lambda t: op(t, **a))(OPS[name].eager, attrs)
-    ours, ref = fusion.compile(fn)(x), fn(x)
+    # the reference is eager in float64, one element at a time: eager's fp32 CPU kernels give
+    # signed zeros that depend on the vector path (gelu(-0.0) is -0.0 for one element, +0.0 for
+    # four under AVX2)
+    ours = fusion.compile(fn)(x)
+    ref = torch.cat([fn(v.reshape(1)) for v in x.double()])
     if ref.is_floating_point():
         numbers = ~ref.isnan()  # a NaN's sign bit means nothing
         assert torch.equal(torch.signbit(ours[numbers]), torch.signbit(ref[numbers])), \
