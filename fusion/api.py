@@ -13,7 +13,7 @@ Capture, per call signature, takes the first path that works:
    ``CompiledModule`` of its own (a region).
 
 Each signature's graph is lowered to the IR, planned (``fusion.plan``) and run
-(``fusion.runtime``).
+(``fusion.runtime``). The Dynamo path lives in ``fusion.dynamo_capture``.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from codegen.pointwise import NUMERICS
+from fusion.dynamo_capture import DynamoCapture, model_name
 from fusion.guards import PlanGuards
 from fusion.hot_path import MISS, hooks_set, make_hot
 from fusion.modes import mode_for
@@ -61,7 +62,7 @@ class SignatureEntry:
                                              # (fusion.hot_path), False where none applies
 
 
-class CompiledModule(torch.nn.Module):
+class CompiledModule(DynamoCapture, torch.nn.Module):
     """Runs a model's forward through fused kernels; otherwise it is the model.
 
     It shares the original's parameters, buffers and submodules (same tensors,
@@ -246,7 +247,7 @@ class CompiledModule(torch.nn.Module):
             return self._build(args, self._traced_for(args))
         except NotLowered as e:  # captured, but not something the IR lowers: eager is right
             self._eager_reason = str(e)
-            self._warn_once("not-lowered", f"{e}; {_name(self._orig)} runs eagerly.")
+            self._warn_once("not-lowered", f"{e}; {model_name(self._orig)} runs eagerly.")
             return None
         except CaptureError as e:
             if not isinstance(self._orig, fx.GraphModule):
@@ -329,68 +330,6 @@ class CompiledModule(torch.nn.Module):
                                        cap.out_spec)
         return result if functional is None else write_back(functional, entry.root, args, result)
 
-    # ---- capture through Dynamo ----------------------------------------------------
-    def _use_dynamo(self, fx_error: CaptureError, one_graph: bool | None = None) -> None:
-        """From now on calls go through Dynamo, each graph it captures planned by a
-        ``CompiledModule`` of its own. Without fallback='eager' the whole forward must be
-        one graph (a graph break at data-dependent code is a CaptureError); with it, or
-        ``one_graph=False``, breaks run eagerly."""
-        self._trace_error = fx_error
-        import torch._dynamo  # noqa: F401  (~2 s on first import: only on this path)
-        one_graph = self._fallback == "error" if one_graph is None else one_graph
-        self.__dict__["_dynamo"] = torch.compile(self._orig, backend=self._region, fullgraph=one_graph,
-                                                 dynamic=False)
-        self._capture = (f"Dynamo ({'one graph' if one_graph else 'graph breaks run eagerly'}): "
-                         f"torch.fx could not capture it ({_first_line(fx_error)})")
-        if not one_graph:
-            self._warn_once("dynamo-breaks", f"fusion: {_first_line(fx_error)} Capturing "
-                            f"{_name(self._orig)} with Dynamo; what it cannot capture (graph breaks) "
-                            "runs eagerly (fallback='eager').")
-
-    def _region(self, gm: fx.GraphModule, example_inputs) -> "CompiledModule":
-        """Dynamo's backend for this module: one compiled region per captured graph."""
-        region = CompiledModule(gm, fallback=self._fallback, recompile_limit=self._limit,
-                                precision=self._numerics)
-        self._regions.append(region)
-        return region
-
-    def _call_dynamo(self, args: tuple, kwargs: dict):
-        from torch._dynamo import exc
-        try:
-            # Dynamo skips frames holding nn.LSTM/GRU unless asked: our lowering runs them (extern)
-            with torch._dynamo.config.patch(allow_rnn=True):
-                return self._dynamo(*args, **kwargs)
-        except exc.Unsupported as e:  # a graph break, with one graph required
-            if _data_dependent(e):
-                raise CaptureError(
-                    f"fusion: cannot capture {_name(self._orig)}: torch.fx cannot trace it "
-                    f"({_first_line(self._trace_error)}), and Dynamo stops at: {_first_line(e)}. "
-                    "Data-dependent control flow (if/while on tensor values) and Python values "
-                    "computed from tensors need fallback='eager' (those parts then run eagerly).") from e
-            # something else Dynamo will not put in a graph (a print, a backward hook): that
-            # part runs eagerly, the graphs around it still fuse
-            self._warn_once("dynamo-breaks", f"fusion: Dynamo breaks {_name(self._orig)}'s graph at: "
-                            f"{_first_line(e)}; that part runs eagerly.")
-            self._use_dynamo(self._trace_error, one_graph=False)
-            return self._call_dynamo(args, kwargs)
-        except exc.FailOnRecompileLimitHit as e:
-            # a Python value forward changes at every call (a counter attribute): torch.compile
-            # would run the frame eagerly from then on; so do we
-            self._warn_once("dynamo-limit", f"fusion: {_name(self._orig)} reaches Dynamo's recompile "
-                            "limit (a Python value it reads changes at every call); running it eagerly.")
-            self._eager_reason = _first_line(e)
-            self.__dict__["_dynamo"] = None
-            return self._orig(*args, **kwargs)
-        except exc.TorchDynamoException as e:
-            # the user's own error (eager raises it too, with its own type), or Dynamo's
-            out = self._orig(*args, **kwargs)
-            if self._fallback == "error":
-                raise CaptureError(f"fusion: Dynamo could not capture {_name(self._orig)}: "
-                                   f"{_first_line(e)}") from e
-            self._warn_once("dynamo", f"fusion: Dynamo could not capture {_name(self._orig)} "
-                            f"({_first_line(e)}); running it eagerly (fallback='eager').")
-            return out
-
     # ---- warnings ------------------------------------------------------------------
     def _warn_once(self, what: str, message: str):
         if what not in self._warned:
@@ -436,25 +375,6 @@ def _plain(value) -> bool:
 
 def _autocast_on() -> bool:
     return any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
-
-
-_DATA_DEPENDENT = ("data-dependent", "data dependent", "generic_jump", "item()", "tolist",
-                   "unbacked", "dynamic shape operator", "nonzero")
-
-
-def _data_dependent(error: Exception) -> bool:
-    """Whether Dynamo stopped at control flow or Python computed from tensor values."""
-    text = str(error).lower()
-    return any(word in text for word in _DATA_DEPENDENT)
-
-
-def _name(model) -> str:
-    return getattr(model, "__name__", type(model).__name__)
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def compile(model, *, fallback: str = "error", recompile_limit: int = DEFAULT_RECOMPILE_LIMIT,

@@ -25,7 +25,8 @@ LAYERS = {
     "fusion.kernel": 3, "fusion.matmul_kernel": 3, "fusion.checks": 3,
     "fusion.passes": 4, "fusion.partition": 4, "fusion.plan": 4,
     "fusion.runtime": 5,
-    "fusion.guards": 6, "fusion.signature": 6, "fusion.hot_path": 6, "fusion.api": 6, "fusion.dynamo": 6, "fusion.report": 6,
+    "fusion.guards": 6, "fusion.signature": 6, "fusion.hot_path": 6, "fusion.api": 6, "fusion.dynamo": 6,
+    "fusion.dynamo_capture": 6, "fusion.report": 6,
     "fusion.explain": 6, "fusion": 6,
 }
 
