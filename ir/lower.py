@@ -71,7 +71,10 @@ def lower(gm: fx.GraphModule, args: tuple, root=None) -> Captured:
         return mod
 
     def input_node(value, name):
-        return g.add_node("input", (), {}, value.shape, value.dtype, value.device, name=name)
+        node = g.add_node("input", (), {}, value.shape, value.dtype, value.device, name=name)
+        if value.requires_grad:
+            grad_mode.leaves.add(node)
+        return node
 
     def param(qualname: str, value) -> object:
         if not isinstance(value, torch.Tensor):
@@ -79,6 +82,8 @@ def lower(gm: fx.GraphModule, args: tuple, root=None) -> Captured:
         if qualname not in params:
             params[qualname] = g.add_node("param", (), {}, value.shape, value.dtype, value.device,
                                           name=qualname)
+            if value.requires_grad:  # guarded (fusion.guards): a change rebuilds
+                grad_mode.leaves.add(params[qualname])
         return params[qualname]
 
     for n in gm.graph.nodes:
@@ -125,6 +130,8 @@ class _GradMode:
     def __init__(self):
         self.entry = self.enabled = torch.is_grad_enabled()
         self.off_tuples: set = set()  # tuple-valued externs made with gradients off
+        self.leaves: set = set()      # inputs and parameters that require grad (the plan's key holds it)
+        self._reached: dict = {}
 
     def set(self, enabled) -> bool:
         if not isinstance(enabled, bool):
@@ -134,6 +141,24 @@ class _GradMode:
                              "under no_grad) are not recorded by fused kernels")
         self.enabled = enabled
         return enabled
+
+    def reached(self, v: Node) -> bool:
+        """Whether a gradient could flow into ``v`` from an input or parameter needing one."""
+        def operands(n):
+            return [i for i in n.inputs if isinstance(i, Node) and i.op != "detach"]
+        stack = [v]  # iterative: a model's graph is deeper than Python's recursion limit
+        while stack:
+            n = stack[-1]
+            if n in self._reached:
+                stack.pop()
+                continue
+            pending = [i for i in operands(n) if i not in self._reached]
+            if pending:
+                stack.extend(pending)
+                continue
+            self._reached[n] = n in self.leaves or any(self._reached[i] for i in operands(n))
+            stack.pop()
+        return self._reached[v]
 
     def detach_new(self, g: Graph, value, first: int):
         """``value`` with the tensors made since node ``first`` with gradients off detached
@@ -148,7 +173,9 @@ class _GradMode:
             if v.op == "cast" and v.inputs[0].dtype == v.dtype:
                 return v  # x.float(), x.to(x.dtype): eager returns x itself
             off = not self.enabled or (v.op == "getitem" and v.inputs[0] in self.off_tuples)
-            return g.call("detach", v) if off and v.dtype.is_floating_point else v
+            # nothing to cut where no gradient can flow (rotary tables from buffers): the
+            # detach, a torch view, would split the kernel around it
+            return g.call("detach", v) if off and v.dtype.is_floating_point and self.reached(v) else v
         return pytree.tree_map(detach, value)
 
 

@@ -141,3 +141,22 @@ def test_meta_tensors_run_as_eager(entry):
     compiled = fusion.compile(f) if entry == "compile" else torch.compile(f, backend="fusion")
     out = compiled(torch.empty(3, 4, device="meta"))
     assert out.is_meta and out.shape == (3, 4)
+
+
+def rotary_tables(x, pos, inv_freq):
+    with torch.no_grad():
+        f = pos[:, None].float() * inv_freq[None]
+        table = torch.cat([f.cos(), f.sin()], -1) * 2
+    return torch.sigmoid(x) * table
+
+
+@pytest.mark.parametrize("table_needs_grad", [False, True])
+def test_a_no_grad_region_cuts_gradients_only_where_they_could_flow(table_needs_grad):
+    """Values made with gradients off from tensors that need none (rotary tables from a
+    buffer) stay in their kernel; a value that could carry a gradient is detached."""
+    x = torch.randn(3, 8, requires_grad=True)
+    pos, inv_freq = torch.arange(3), torch.rand(4, requires_grad=table_needs_grad)
+    compiled = fusion.compile(rotary_tables)
+    torch.testing.assert_close(compiled(x, pos, inv_freq), rotary_tables(x, pos, inv_freq))
+    ops = [n.op for p in compiled.plans for n in p.graph.nodes]
+    assert ("detach" in ops) == table_needs_grad
