@@ -184,13 +184,11 @@ def _grads(fn, *args):
             torch.autograd.grad(ref, ref_in, torch.ones_like(ref), allow_unused=True))
 
 
-# ---- found by the fuzzer and not fixed here: kept as expected failures for their owners ----
+# ---- found by the fuzzer: gradients of broadcast inputs, signed zeros of matmuls ----------
 
-@pytest.mark.xfail(strict=True, reason="design: a broadcast input's gradient is reduced (sum_to) after "
-                   "the backward kernel multiplies by its own derivative; eager reduces first. At an "
-                   "infinite derivative with weights of both signs: NaN where eager gives ±inf "
-                   "(fuzzer seeds 104215, 113147, 121236, 124558)")
 def test_broadcast_input_with_an_infinite_derivative_reduces_like_eager():
+    # fuzzer seeds 104215, 113147, 121236, 124558: the gradient of a broadcast input was
+    # multiplied by its own (infinite) derivative before the reduction; eager reduces first
     x = torch.tensor([[0.0], [2.0]])
     y = torch.ones(2, 3)
     w = torch.tensor([[1.0, -1.0, 0.5], [1.0, 1.0, 1.0]])  # log'(0) = inf, times weights of both signs
@@ -205,11 +203,12 @@ def test_broadcast_input_with_an_infinite_derivative_reduces_like_eager():
     torch.testing.assert_close(grads[0], grads[1])  # eager: (1 - 1 + 0.5) / 0 = inf
 
 
-@pytest.mark.xfail(strict=True, reason="matmul kernels accumulate from +0.0 (and pad K with +0.0), so a "
-                   "product of -0.0 comes out +0.0 where eager's BLAS keeps -0.0; 1 / it flips the "
-                   "infinity (fuzzer seed 124474)")
-def test_matmul_keeps_a_negative_zero_product():
-    a, b = torch.tensor([[-1.0], [1.0]]), torch.tensor([[0.0, 2.0]])
+@pytest.mark.parametrize("k", [1, 3, 37])
+def test_matmul_keeps_a_negative_zero_product(k):
+    # fuzzer seed 124474: with K = 1 eager computes an outer product (-1 * 0 is -0.0); our dot
+    # summed from +0.0 and returned +0.0, so 1 / it flipped the infinity. With K >= 2 eager's
+    # BLAS sums from +0.0 too: +0.0, as ours
+    a, b = torch.tensor([[-1.0], [1.0]]).expand(2, k).contiguous(), torch.tensor([[0.0, 2.0]]).expand(k, 2).contiguous()
 
     def f(a, b):
         return 1.0 / (a @ b)
