@@ -16,7 +16,8 @@ rounding is what went wrong:
   other term added between them (absorption);
 * comparisons too close to call: ``a <= b`` for a, b equal up to rounding goes
   either way, and so does every element downstream of it (``where``); those
-  elements are not judged.
+  elements are not judged; nor are those downstream of ``minimum``/``maximum`` of
+  +0.0 and -0.0, whose sign eager's own kernels choose by tensor size.
 
 A judge that flags correct results hides real ones; one that accepts anything
 hides them too: an element far from eager and from every float64 witness
@@ -27,6 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from ir.ops import OPS
+
+_ZERO_TIE_STEPS = (OPS["minimum"].eager, OPS["maximum"].eager)
 
 # tolerances by the least precise dtype a program computes in (gradients: 8x)
 RTOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
@@ -108,8 +113,19 @@ def witness(steps: dict, inputs: list, xs: list, eps: float) -> Witness:
             continue
         wit.magnitude[k] = out.abs() + sum(_carried(fn, args, attrs, j, wit.magnitude[r])
                                            for j, r in enumerate(refs) if _is_float(r, wit))
-        wit.ambiguous[k] = _poisoned(fn, refs, attrs, wit, out)
+        wit.ambiguous[k] = _poisoned(fn, refs, attrs, wit, out) | _signed_zero_tie(fn, refs, wit, out.shape)
     return wit
+
+
+def _signed_zero_tie(fn, refs, wit: Witness, shape) -> torch.Tensor:
+    """Where ``minimum``/``maximum`` take +0.0 and -0.0: equal values, and eager's CPU kernels
+    return either (the first operand on their scalar path, the second on the vector path:
+    it depends on the tensor's size and layout). The sign then goes either way downstream
+    (1 / it, rsqrt of it)."""
+    if fn not in _ZERO_TIE_STEPS or not all(_is_float(r, wit) for r in refs):
+        return torch.zeros(shape, dtype=torch.bool)
+    a, b = (wit.values[r] for r in refs)
+    return ((a == 0) & (b == 0) & (torch.signbit(a) != torch.signbit(b))).expand(shape)
 
 
 def _near_tie(refs, wit: Witness, eps: float):

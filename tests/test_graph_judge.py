@@ -6,6 +6,8 @@ import pytest
 import torch
 from graph_judge import accurate_grads, compare, compensated_sum, witness
 
+from ir.ops import OPS
+
 import random_graphs
 
 pytestmark = pytest.mark.cpu_only  # builds CPU tensors; the programs run in the interpreter
@@ -83,11 +85,21 @@ def test_elements_behind_a_comparison_too_close_to_call_are_not_judged():
     assert far.ambiguous[2].tolist() == [False, False, False]
 
 
-@pytest.mark.parametrize("seed", [102503, 104721, 120016, 120554, 127192])
+def test_the_sign_of_a_min_or_max_of_opposite_zeros_is_not_judged():
+    # eager's CPU minimum returns its first operand on a tie for 4 elements, the second for 256
+    a, b = t([0.0, -0.0, 0.0, 1.0]), t([-0.0, 0.0, 0.0, -0.0])
+    minimum = OPS["minimum"].eager
+    wit = witness({2: (minimum, [0, 1], {}), 3: (torch.rsqrt, [2], {})}, [0, 1], [a, b],
+                  torch.finfo(torch.float64).eps)
+    assert wit.ambiguous[3].tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize("seed", [102503, 104721, 120016, 120554, 127192, 300027])
 def test_fuzzer_programs_where_eager_was_the_outlier_pass(seed):
     # 102503: fp16 pow(v, 3) - v past 65504; 104721: float64 (x, x / x) at x = -1e-40;
     # 120016: bf16 (v - 0.5) - v at v = 1e4; 120554: where(silu(x) <= silu(x) / x * x, ...);
-    # 127192: pow(x.half(), 2.5)'s gradient past 65504 in fp16, which eager rounds to inf
+    # 127192: pow(x.half(), 2.5)'s gradient past 65504 in fp16, which eager rounds to inf;
+    # 300027: rsqrt(minimum(+0.0, -0.0)), whose sign eager's kernels choose by size
     rng = random.Random(seed)
     prog = random_graphs.generate(lambda name, opts: rng.choice(list(opts)), rng.randint(1, 6))
     _, problem = random_graphs.check(prog, seed)

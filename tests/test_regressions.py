@@ -155,6 +155,25 @@ def test_signed_zeros_keep_their_sign_like_eager_in_float64(name, attrs, dtype):
             f"{ours.tolist()} vs eager {ref.tolist()}"
 
 
+@pytest.mark.parametrize("name, attrs", _unary_table_ops())
+def test_gradients_at_signed_zeros_like_eager_in_float64(name, attrs):
+    # seed 300027: rsqrt'(-0.0) was -inf, torch's -rsqrt(x)^3 / 2 is +inf
+    from ir.ops import OPS
+    x = torch.tensor([-0.0, 0.0, -1e-300, 1e-300], dtype=torch.float64)
+    fn = (lambda op, a: lambda t: op(t, **a))(OPS[name].eager, attrs)
+    if not OPS[name].differentiable or not fn(x).is_floating_point():
+        pytest.skip(f"{name}({attrs}) has no gradient")
+    ours, _ = _grad_pair(fn, x)
+    ref = torch.cat([torch.autograd.grad(fn(v), v)[0] for v in
+                     (x[i:i + 1].clone().requires_grad_() for i in range(len(x)))])
+    assert ours[0] is not None, f"{name}: no gradient where eager has one"
+    numbers = ~ref.isnan()
+    assert torch.equal(ours[0][numbers], ref[numbers]) or torch.allclose(ours[0][numbers], ref[numbers]), \
+        f"{ours[0].tolist()} vs eager {ref.tolist()}"
+    assert torch.equal(torch.signbit(ours[0][numbers]), torch.signbit(ref[numbers])), \
+        f"{ours[0].tolist()} vs eager {ref.tolist()}"
+
+
 def test_log_of_tanh_gradient_at_negative_zero():
     x = torch.tensor([-0.0, 0.0, -1.5], dtype=torch.float64)
     ours, ref = _grad_pair(lambda x: torch.log(torch.tanh(x)), x)
