@@ -6,28 +6,16 @@ consume. Also meta tensors, which have no data for a kernel.
 """
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torch._dynamo
 import torch.nn.functional as F
-from test_capture_faithfulness import no_grad_inside
+from test_capture_faithfulness import _fresh, assert_same_autograd, no_grad_inside  # noqa: F401  (_fresh: autouse fixture)
 
 import fusion
 import fusion.dynamo
 
 from helpers import DEVICE
-
-
-@pytest.fixture(autouse=True)
-def _fresh():
-    torch._dynamo.reset()
-    fusion.dynamo.reset()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
 
 # ---- grad mode inside forward --------------------------------------------------------------
 
@@ -72,13 +60,7 @@ def test_grad_mode_regions_match_eager(f, entry, outer_grad):
     for _ in range(2):  # the second call reuses the plan
         with torch.set_grad_enabled(outer_grad):
             ours, eager = compiled(x), f(x2)
-        torch.testing.assert_close(ours, eager)
-        assert ours.requires_grad == eager.requires_grad
-        if eager.requires_grad:
-            ours.sum().backward()
-            eager.sum().backward()
-            torch.testing.assert_close(x.grad, x2.grad)
-            x.grad = x2.grad = None
+        assert_same_autograd(ours, eager, x, x2)
 
 
 # ---- capture draws no random numbers, runs nothing for real --------------------------------
