@@ -96,6 +96,7 @@ class BackwardPlan:
     differentiable_outputs: tuple   # per group output: gradients flow through it
     graph: BackwardGraph       # its saved slots are the kernel's keep_for_backward, in order
     plan: Plan
+    reaches: tuple = ()        # per group input: the outputs (positions) its gradient comes from
 
     def inputs(self, saved_tensors: list, grads: list) -> list:
         """The backward plan's inputs from what the forward saved (the ``saved``
@@ -122,7 +123,8 @@ def plan_backward(step: Step, needs: tuple) -> BackwardPlan:
     ins = plan.graph.inputs
     saved = tuple(k for k in range(len(g.inputs)) if ins[k] in used)
     kept = tuple(x for k, x in enumerate(bgraph.saved) if ins[len(g.inputs) + k] in used)
-    return BackwardPlan(needs, saved, kept, outputs_differentiable, bgraph, plan)
+    reaches = tuple(tuple(j for j, o in enumerate(g.outputs) if o in _reaches(g, {x})) for x in g.inputs)
+    return BackwardPlan(needs, saved, kept, outputs_differentiable, bgraph, plan, reaches)
 
 
 def _reaches(group: Group, sources: set) -> set:

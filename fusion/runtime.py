@@ -151,11 +151,21 @@ class FusedKernelFunction(torch.autograd.Function):
         ctx.bwd = bwd
         ctx.save_for_backward(*[inputs[k] for k in bwd.saved], *kept)
         ctx.mark_non_differentiable(*[o for o, d in zip(outs, bwd.differentiable_outputs) if not d])
+        # an output no gradient reaches gets None, not zeros: an input whose gradient comes
+        # only from such outputs then gets None too, as in eager (an optimizer skips it)
+        ctx.set_materialize_grads(False)
+        ctx.outs = [(o.shape, o.dtype, o.device) for o in outs]
         return tuple(outs)
 
     @staticmethod
     @first_order_only
     def backward(ctx, *grads):
         bwd = ctx.bwd
-        grads_in = iter(run_plan(bwd.plan, bwd.inputs(list(ctx.saved_tensors), list(grads))))
-        return (None, *[next(grads_in) if need else None for need in bwd.needs])
+        live = [need and any(grads[j] is not None for j in bwd.reaches[k]) for k, need in enumerate(bwd.needs)]
+        if not any(live):
+            return (None,) * (1 + len(bwd.needs))
+        grads = [torch.zeros(*meta[:1], dtype=meta[1], device=meta[2]) if g is None else g
+                 for g, meta in zip(grads, ctx.outs)]
+        computed = iter(run_plan(bwd.plan, bwd.inputs(list(ctx.saved_tensors), grads)))  # one per need
+        given = [next(computed) if need else None for need in bwd.needs]
+        return (None, *[g if alive else None for g, alive in zip(given, live)])

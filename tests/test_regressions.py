@@ -233,3 +233,17 @@ def test_matmul_keeps_a_negative_zero_product(k):
         return 1.0 / (a @ b)
 
     torch.testing.assert_close(fusion.compile(f)(a, b), f(a, b))
+
+
+def test_an_input_whose_kernel_output_only_feeds_comparisons_gets_no_gradient():
+    # seed 310222: v1 @ w is written by a kernel whose other output is differentiated, and is
+    # read only by a comparison; eager gives v1 no gradient (None), ours gave zeros (an
+    # optimizer would then apply weight decay and momentum to it)
+    def f(v0, v1, w):
+        v4 = v1 @ w
+        return torch.where(v4 != v0, v0, 0.0), v4 > 0
+    v0, v1 = torch.randn(16, 5, requires_grad=True), torch.randn(16, 4, requires_grad=True)
+    w = torch.randn(4, 5)
+    for fn in (fusion.compile(f), f):
+        g0, g1 = torch.autograd.grad(fn(v0, v1, w)[0].sum(), (v0, v1), allow_unused=True)
+        assert g1 is None and g0 is not None
