@@ -24,21 +24,6 @@ def rewrite_sigmoid_bce(graph: Graph) -> Graph:
     return _rewrite(graph, hits, logits_form)  # the sigmoid, if nothing else reads it, goes in the next pass
 
 
-def rewrite_outer_product_matmul(graph: Graph) -> Graph:
-    """``a @ b`` with K = 1 (a: [..., M, 1], b: [..., 1, N]) -> ``a * b``, broadcast.
-
-    An outer product, as eager computes it: each output is one product, with no sum
-    started from +0.0 (a product of -0.0 stays -0.0), in a pointwise kernel instead of a dot.
-    """
-    hits = [n for n in graph.nodes if n.op == "matmul" and all(len(x.shape) >= 2 for x in n.inputs)
-            and n.inputs[0].shape[-1] == 1]
-
-    def outer(n: Node, out: Graph, env: dict) -> Node:
-        out.notes.append(f"%{n.id} = matmul with K = 1 rewritten to a broadcast mul")
-        return out.call("mul", env[n.inputs[0]], env[n.inputs[1]])
-    return _rewrite(graph, hits, outer)
-
-
 def _rewrite(graph: Graph, hits: list, replace) -> Graph:
     """``graph`` with each node of ``hits`` replaced by what ``replace(node, out, env)`` adds."""
     if not hits:
@@ -58,6 +43,5 @@ def _rewrite(graph: Graph, hits: list, replace) -> Graph:
 
 PASSES = [
     rewrite_sigmoid_bce,
-    rewrite_outer_product_matmul,
     eliminate_dead_code,
 ]

@@ -16,8 +16,9 @@ rounding is what went wrong:
   other term added between them (absorption);
 * comparisons too close to call: ``a <= b`` for a, b equal up to rounding goes
   either way, and so does every element downstream of it (``where``); those
-  elements are not judged; nor are those downstream of ``minimum``/``maximum`` of
-  +0.0 and -0.0, whose sign eager's own kernels choose by tensor size;
+  elements are not judged; nor are those downstream of a zero whose sign eager's
+  kernels choose by code path: ``minimum``/``maximum`` of +0.0 and -0.0, a matmul's
+  exact zeros;
 * both of eager's answers where its code paths disagree: hardtanh's gradient at NaN
   passes on its scalar path and is 0 on its vector path (``accurate_grads(nan_passes=)``).
 
@@ -34,6 +35,7 @@ import torch
 from ir.ops import OPS
 
 _ZERO_TIE_STEPS = (OPS["minimum"].eager, OPS["maximum"].eager)
+_MATMUL_STEPS = (OPS["matmul"].eager,)
 # eager's hardtanh_backward passes the gradient at NaN on its scalar path, 0 on the vector
 # path (size and dtype decide: fp32 from 64 elements, the tail of a vector loop aside)
 _NAN_GRAD_STEPS = (OPS["hardtanh"].eager,)
@@ -128,10 +130,13 @@ def witness(steps: dict, inputs: list, xs: list, eps: float) -> Witness:
 
 
 def _signed_zero_tie(fn, refs, wit: Witness, shape) -> torch.Tensor:
-    """Where ``minimum``/``maximum`` take +0.0 and -0.0: equal values, and eager's CPU kernels
-    return either (the first operand on their scalar path, the second on the vector path:
-    it depends on the tensor's size and layout). The sign then goes either way downstream
-    (1 / it, rsqrt of it)."""
+    """Zeros whose sign eager leaves to the code path, which then goes either way downstream
+    (1 / it, rsqrt of it): ``minimum``/``maximum`` of +0.0 and -0.0 (eager's CPU kernels
+    return the first operand on their scalar path, the second on the vector path), and a
+    matmul's exact zeros (-1 * 0 summed from +0.0 is +0.0; eager's CPU mm with K = 1 returns
+    -0.0 in fp32/fp64 and +0.0 in bf16/fp16 and through bmm)."""
+    if fn in _MATMUL_STEPS:
+        return (wit.values[refs[0]] @ wit.values[refs[1]] == 0).expand(shape)
     if fn not in _ZERO_TIE_STEPS or not all(_is_float(r, wit) for r in refs):
         return torch.zeros(shape, dtype=torch.bool)
     a, b = (wit.values[r] for r in refs)

@@ -259,7 +259,8 @@ def steps(prog: Program) -> dict:
     """value index -> (eager callable, refs, attrs) for the program's steps, as the judge's
     float64 witness runs them: a cast rounds the value as the program says, and the value
     stays float64, and the gradient passes through it unrounded (rounding a gradient to
-    fp16 is eager's per-op rounding, not the program's); gelu without eager's cancellation."""
+    fp16 is eager's per-op rounding, not the program's); gelu without eager's cancellation,
+    sigmoid and tanh with their derivatives' tails."""
     return {k: (_CAREFUL.get(v[1]) or OPS[v[1]].eager, v[2], v[3])
             for k, v in enumerate(prog.values) if v[0] == "step"}
 
@@ -277,7 +278,19 @@ def _careful_gelu(x, approximate="none"):
     return 0.5 * x * torch.special.erfc(-x / math.sqrt(2))
 
 
-_CAREFUL = {"cast": _rounding_cast, "gelu": _careful_gelu}
+def _careful_sigmoid(x):
+    """σ(x) = exp(-softplus(-x)), whose derivative autograd takes from x: σ(x)σ(-x), not
+    eager's σ(1 - σ), which is 0 in float64 from x = 37 (fuzzer seed 310574: ∞ · σ'(89) is
+    ∞, not NaN)."""
+    return torch.exp(-torch.nn.functional.softplus(-x))
+
+
+def _careful_tanh(x):
+    """tanh, its derivative in the tails 4σ'(2x) (eager's 1 - tanh² is 0 from |x| = 19)."""
+    return torch.where(x.abs() < 1, torch.tanh(x), 2 * _careful_sigmoid(2 * x) - 1)
+
+
+_CAREFUL = {"cast": _rounding_cast, "gelu": _careful_gelu, "sigmoid": _careful_sigmoid, "tanh": _careful_tanh}
 
 
 def _input_values(prog: Program) -> list:

@@ -104,14 +104,15 @@ def test_an_alternative_witness_is_an_answer_not_a_tolerance():
 
 
 @pytest.mark.parametrize("seed", [102503, 104721, 120016, 120554, 127192, 300027, 301202, 302093, 302384,
-                                  303153])
+                                  303153, 310574])
 def test_fuzzer_programs_where_eager_was_the_outlier_pass(seed):
     # 102503: fp16 pow(v, 3) - v past 65504; 104721: float64 (x, x / x) at x = -1e-40;
     # 120016: bf16 (v - 0.5) - v at v = 1e4; 120554: where(silu(x) <= silu(x) / x * x, ...);
     # 127192: pow(x.half(), 2.5)'s gradient past 65504 in fp16, which eager rounds to inf;
     # 300027: rsqrt(minimum(+0.0, -0.0)), whose sign eager's kernels choose by size;
     # 301202, 302093, 302384: hardtanh's gradient at NaN, g or 0 by eager's code path;
-    # 303153: gelu_tanh(-7), where eager's float64 1 + tanh(u) keeps 3 digits
+    # 303153: gelu_tanh(-7), where eager's float64 1 + tanh(u) keeps 3 digits;
+    # 310574: inf · sigmoid'(89), NaN in eager (its float64 sigmoid' is 0 there)
     rng = random.Random(seed)
     prog = random_graphs.generate(lambda name, opts: rng.choice(list(opts)), rng.randint(1, 6))
     _, problem = random_graphs.check(prog, seed)
@@ -137,3 +138,12 @@ def test_magnitude_does_not_excuse_an_error_where_nothing_cancelled():
     m = g.abs()  # no cancellation: the magnitude is the result's own size
     ours = t([-1.49, 3.3], torch.float32)
     assert compare(ours, g.float(), g, torch.float32, grad=True, accurate=g, magnitude=m) != ""
+
+
+def test_a_matmuls_exact_zeros_have_no_judged_sign():
+    # eager's CPU mm with K = 1 returns -1 * 0 as -0.0 in fp32, +0.0 in bf16 and through bmm
+    a, b = t([[-1.0], [1.0]]), t([[0.0, 2.0]])
+    matmul = OPS["matmul"].eager
+    wit = witness({2: (matmul, [0, 1], {}), 3: (torch.reciprocal, [2], {})}, [0, 1], [a, b],
+                  torch.finfo(torch.float64).eps)
+    assert wit.ambiguous[3].tolist() == [[True, False], [True, False]]

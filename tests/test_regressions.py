@@ -203,7 +203,7 @@ def _grads(fn, *args):
             torch.autograd.grad(ref, ref_in, torch.ones_like(ref), allow_unused=True))
 
 
-# ---- found by the fuzzer: gradients of broadcast inputs, signed zeros of matmuls ----------
+# ---- found by the fuzzer: gradients of broadcast inputs -------------------------------------
 
 def test_broadcast_input_with_an_infinite_derivative_reduces_like_eager():
     # fuzzer seeds 104215, 113147, 121236, 124558: the gradient of a broadcast input was
@@ -220,19 +220,6 @@ def test_broadcast_input_with_an_infinite_derivative_reduces_like_eager():
         xx = x.clone().requires_grad_()
         grads.append(torch.autograd.grad(fn(xx, y), xx, w)[0])
     torch.testing.assert_close(grads[0], grads[1])  # eager: (1 - 1 + 0.5) / 0 = inf
-
-
-@pytest.mark.parametrize("k", [1, 3, 37])
-def test_matmul_keeps_a_negative_zero_product(k):
-    # fuzzer seed 124474: with K = 1 eager computes an outer product (-1 * 0 is -0.0); our dot
-    # summed from +0.0 and returned +0.0, so 1 / it flipped the infinity. With K >= 2 eager's
-    # BLAS sums from +0.0 too: +0.0, as ours
-    a, b = torch.tensor([[-1.0], [1.0]]).expand(2, k).contiguous(), torch.tensor([[0.0, 2.0]]).expand(k, 2).contiguous()
-
-    def f(a, b):
-        return 1.0 / (a @ b)
-
-    torch.testing.assert_close(fusion.compile(f)(a, b), f(a, b))
 
 
 def test_an_input_whose_kernel_output_only_feeds_comparisons_gets_no_gradient():
