@@ -44,9 +44,9 @@ class TileConfig:
 # sm_90, mma.sync on sm_80); the epilogue runs on 4 column chunks of the accumulator
 # (codegen.matmul.EPILOGUE_CHUNKS). Checked with compile_for on sm_90 (Triton 3.9,
 # tests/test_kernel_cost.py) on attention gating, 8192^2 x 64 bf16: 128x64 on 4 warps holds
-# 64 accumulator values a thread; our sigmoid epilogue fits it in 141 registers forward and
-# 234 backward (2-3 blocks per SM, no spill), and the tutorial's tl.sigmoid epilogue at that
-# tile is modelled at 92% of the output-write floor forward, 99% backward (issue-bound: the
+# 64 accumulator values a thread; our sigmoid epilogue fits it in 128 registers forward and
+# 122 backward (4 blocks per SM, no spill; BENCHMARKS.md, 2026-12-01), modelled at 89% and 99%
+# of the output-write floor, the tutorial's tl.sigmoid epilogue at 92% and 99% (issue-bound: the
 # grouped ordering and addressing cost about 4 instructions per output at 64 values a
 # thread). 128x128 on 4 warps (128 values) spilled 792 bytes with the backward's epilogue.
 # fp32 without tf32 runs on FMA units: 64x64 (128 and 158 registers, no spill). fp64 uses
