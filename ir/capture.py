@@ -81,6 +81,7 @@ def trace_with_state(model, concrete_args: dict | None = None, n_args: int | Non
     hazard = fx_hazard(model)
     if hazard:
         raise CaptureError(f"fusion: torch.fx would not capture {name} faithfully: {hazard}")
+    had = set(vars(model)) if isinstance(model, torch.nn.Module) else set()
     try:
         root = model if isinstance(model, (torch.nn.Module, types.FunctionType)) else as_function(model, n_args)
         with _TRACE_LOCK, rng_kept():  # fx patches global functions while it traces: one at a time
@@ -95,6 +96,11 @@ def trace_with_state(model, concrete_args: dict | None = None, n_args: int | Non
             "Pass fallback='eager' to run such a model eagerly.") from e
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__ if isinstance(model, torch.nn.Module)
                         else root.__name__)
+    # fx stores the tensors forward made while tracing (torch.rand(2): _tensor_constant0) on
+    # the traced module itself; gm has its copies: take them off the user's module
+    if isinstance(model, torch.nn.Module):
+        for name in [k for k in vars(model) if k not in had and k.startswith("_tensor_constant")]:
+            delattr(model, name)
     baked = constant_tensors(gm, model)
     if baked:
         raise CaptureError(f"fusion: torch.fx would freeze the tensors {name} makes in forward "

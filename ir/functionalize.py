@@ -52,6 +52,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from ir.alias_analysis import Analysis, FunctionalizeError, analyze, same_geometry, storage_key
+from ir.capture import CaptureError
 from ir.functional_helpers import clone_then_mutate, rebase_autograd, short_name, view_chain, view_scatter
 from ir.functional_write_back import Functionalized, inputs_alias, write_back
 from ir.inplace_ops import may_mutate
@@ -105,10 +106,23 @@ class _Rewriter:
             if n.op == "output":
                 output = n
             elif n.op in ("placeholder", "get_attr") or not self.nodes[n].writes:
+                if n.op == "call_module":
+                    self._check_state_is_current(n)
                 self._emit(n, self.graph.node_copy(n, self.current))
             else:
                 self._rewrite_write(n, self.nodes[n])
         return self._finish(output, aliases)
+
+    def _check_state_is_current(self, n: fx.Node):
+        """A submodule call reads its own parameters and buffers, not the graph's values: one
+        written earlier in forward (``w.data.mul_()``, ``w.detach()[0] = ...``) would be read
+        stale. Dynamo passes them as graph inputs instead: capture moves there."""
+        written = [si.origin[1] for s, si in self.info.storages.items()
+                   if s in self.version and si.origin and si.origin[0] == "attr"]
+        stale = [q for q in written if q.startswith(f"{n.target}.")]
+        if stale:
+            raise CaptureError(f"fusion: {n.format_node()} reads {', '.join(stale)}, written earlier "
+                               "in forward: torch.fx would call it with the old values")
 
     # ---- reading values -------------------------------------------------------------
     def current(self, n: fx.Node):

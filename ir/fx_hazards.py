@@ -39,7 +39,11 @@ _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 
 # context managers and calls whose effect fx cannot see
 _INVISIBLE = {"no_grad", "enable_grad", "set_grad_enabled", "inference_mode", "autocast",
-              "register_hook", "register_post_accumulate_grad_hook"}
+              "register_hook", "register_post_accumulate_grad_hook",
+              # the random generator's state: a trace would make, seed or restore it once
+              "Generator", "manual_seed", "seed", "get_rng_state", "set_rng_state", "fork_rng",
+              # .data: writes autograd does not see, which a leaf module's call would miss
+              "data"}
 # methods that change the object they are called on (lists, dicts, sets, deques)
 _MUTATORS = {"append", "extend", "insert", "pop", "popleft", "appendleft", "remove", "clear",
              "update", "setdefault", "popitem", "add", "discard", "sort", "reverse"}

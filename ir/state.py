@@ -121,12 +121,16 @@ class CodeSite:
 
 def user_code(root, modules: list) -> list[CodeSite]:
     """The user's code capturing ``root`` runs: the forward of the root (or the root
-    function) and of ``modules`` (``functools.wraps`` wrappers followed), the functions
-    they reach through globals, and the code nested in them; torch's own code left out."""
+    function) and of ``modules`` (``functools.wraps`` wrappers followed), functions the
+    modules hold as attributes, the functions they reach through globals and closures,
+    and the code nested in them; torch's own code left out."""
     sites: list[CodeSite] = []
     seen: set = set()
     owners = [(root, None)] if not isinstance(root, torch.nn.Module) else []
     owners += [(type(m).forward, m) for m in [root] + list(modules) if isinstance(m, torch.nn.Module)]
+    # functions a module holds in an attribute (self.act = my_activation), which forward calls
+    owners += [(v, None) for m in [root] + list(modules) if isinstance(m, torch.nn.Module)
+               for v in vars(m).values() if isinstance(v, types.FunctionType)]
     for fn, owner in owners:
         _walk_function(fn, owner, sites, seen, 0)
     return sites
@@ -141,7 +145,22 @@ def _walk_function(fn, owner, sites: list, seen: set, depth: int) -> None:
         seen.add((code, id(owner)))
         if not _is_torch(code):  # torch's own decorators (no_grad) are skipped, what they wrap is not
             _walk_code(code, fn.__globals__, owner, fn, sites, seen, depth)
+            for value in _closure_functions(fn):  # functions it reaches through closure cells
+                if depth < _MAX_DEPTH:
+                    _walk_function(value, None, sites, seen, depth + 1)
         fn = getattr(fn, "__wrapped__", None)
+
+
+def _closure_functions(fn) -> list:
+    values = []
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # a cell not yet filled
+            continue
+        if isinstance(value, types.FunctionType):
+            values.append(value)
+    return values
 
 
 def _walk_code(code, globals_: dict, owner, fn, sites: list, seen: set, depth: int) -> None:

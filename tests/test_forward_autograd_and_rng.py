@@ -11,6 +11,7 @@ import torch
 import torch._dynamo
 import torch.nn.functional as F
 from test_capture_faithfulness import _fresh, assert_same_autograd, no_grad_inside  # noqa: F401  (_fresh: autouse fixture)
+from torch import nn
 
 import fusion
 import fusion.dynamo
@@ -81,17 +82,60 @@ def bernoulli_draw(x):
     return torch.bernoulli(torch.sigmoid(x)) * x
 
 
-RANDOM_CASES = [factory_draw, like_draw, dropout_draw, bernoulli_draw]
+def fixed_shape_draw(x):
+    return x * 1.0 + torch.rand(3)  # no tensor operand: fx would bake one draw into the trace
+
+
+def own_generator(x):
+    g = torch.Generator().manual_seed(5)
+    return torch.sigmoid(x) + torch.randn(x.shape, generator=g)
+
+
+def seed_in_forward(x):
+    torch.manual_seed(3)
+    return x + torch.randn_like(x)
+
+
+def state_round_trip(x):
+    state = torch.get_rng_state()
+    a = torch.rand_like(x)
+    torch.set_rng_state(state)
+    return x + a - torch.rand_like(x) + torch.rand_like(x)
+
+
+def fork_in_forward(x):
+    with torch.random.fork_rng():
+        a = torch.rand_like(x)
+    return x + a + torch.rand_like(x)
+
+
+RANDOM_CASES = [factory_draw, like_draw, dropout_draw, bernoulli_draw, fixed_shape_draw, own_generator,
+                seed_in_forward, state_round_trip, fork_in_forward]
+
+
+class Calls(nn.Module):
+    """A module whose forward calls ``f``, held as an attribute (fx stores the tensors it
+    bakes into a trace on the module)."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        return self.f(x)
 
 
 @pytest.mark.parametrize("entry", ["compile", "backend"])
+@pytest.mark.parametrize("as_module", [False, True], ids=["function", "module"])
 @pytest.mark.parametrize("f", RANDOM_CASES, ids=[f.__name__ for f in RANDOM_CASES])
-def test_random_draws_follow_the_callers_generator(f, entry):
-    """The first call (capture, type probes) draws exactly what eager draws: same values
-    from the same seed, and the generator left where eager leaves it."""
+def test_random_draws_follow_the_callers_generator(f, entry, as_module):
+    """Every call draws exactly what eager draws: same values from the same seed, and the
+    generator left where eager leaves it (capture, type probes and traces draw nothing;
+    what forward does to the generator's state happens at every call)."""
     x = torch.randn(4, 3, device=DEVICE)
+    f = Calls(f) if as_module else f
     compiled = fusion.compile(f) if entry == "compile" else torch.compile(f, backend="fusion")
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         torch.manual_seed(seed)
         eager, after_eager = f(x), torch.rand(2)
         torch.manual_seed(seed)

@@ -169,6 +169,19 @@ class EmbeddingMaxNorm(nn.Module):
         return torch.sigmoid(self.emb(i)) * 2
 
 
+class DetachedWriteBeforeUse(nn.Module):
+    """A write through ``.detach()`` of a submodule's weight, then the submodule's call:
+    it must read the written values (torch.fx would call it with its own, old ones)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        self.lin.weight.detach()[0].mul_(0.5)
+        return torch.sigmoid(self.lin(x))
+
+
 def overlapping_view_write(x):
     a = x * 1.0
     a.unfold(1, 2, 1).mul_(2)   # elements inside the row sit in two windows: written twice
@@ -181,7 +194,9 @@ def overlapping_view_write(x):
     (NoGradWrite, lambda: [torch.randn(6, requires_grad=True)]),
     (EmbeddingMaxNorm, lambda: [torch.tensor([1, 3, 3, 7])]),
     (fn(overlapping_view_write), lambda: [torch.randn(3, 5, requires_grad=True)]),
-], ids=["data_write", "no_grad_param_write", "embedding_max_norm", "overlapping_view_write"])
+    (DetachedWriteBeforeUse, lambda: [torch.randn(3, 4, requires_grad=True)]),
+], ids=["data_write", "no_grad_param_write", "embedding_max_norm", "overlapping_view_write",
+        "detached_write_before_a_submodule_call"])
 def test_writes_outside_autograd_and_overlapping_views(make, inputs, entry):
     torch.manual_seed(4)
     check(make, inputs(), entry, calls=2, compile=entry_point)
