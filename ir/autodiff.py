@@ -79,8 +79,10 @@ def backward_graph(nodes: list[Node], inputs: list[Node], outputs: list[Node],
                 continue
             # a broadcast operand's gradient is reduced here, as eager's backward formulas
             # do (sum_to(g * y, x.shape)): carried on at the broadcast shape, the chain
-            # below would multiply before summing (inf * (1 - 1 + 0.5) is inf; inf - inf NaN)
-            c = fit(bwd, c, x.shape)
+            # below would multiply before summing (inf * (1 - 1 + 0.5) is inf; inf - inf NaN).
+            # A smaller gradient (a mean's 0-d g / n) is left to broadcast where it is used
+            if broadcast_shapes("gradient", [c.shape, x.shape]) != tuple(x.shape):
+                c = fit(bwd, c, x.shape)
             if c.dtype != x.dtype:  # as autograd: each gradient in its input's dtype
                 c = bwd.call("cast", c, dtype=x.dtype)
             grad[x] = c if x not in grad else bwd.call("add", grad[x], c)
