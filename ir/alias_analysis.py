@@ -14,7 +14,7 @@ records the storages of the arguments annotated as written (``Tensor(a!)``).
 Measured in PyTorch 2.13, the two other candidate signals both miss batch_norm's
 running-stat update: ``aten::native_batch_norm`` mutates ``running_mean`` and
 ``running_var`` without a ``!`` in its schema, and no version counter is bumped (not
-even on real tensors), so those few ops are listed by hand (``_UNANNOTATED_WRITES``).
+even on real tensors), so those few ops are listed by hand (``ir.write_recorder``).
 Version counters are still compared, for arguments, as a cross-check (they are
 exact for autograd-visible in-place ops; inference tensors have none: skipped).
 
@@ -36,14 +36,10 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ir.capture import FunctionalizeError
 from ir.inplace_ops import Twin, functional_twin
-
-# ATen ops that write arguments their schema does not mark as written: {name: (positions, training position)}
-_UNANNOTATED_WRITES = {"native_batch_norm": ((3, 4), 5), "cudnn_batch_norm": ((3, 4), 5),
-                       "miopen_batch_norm": ((3, 4), 5)}
+from ir.write_recorder import WriteRecorder, storage_key
 
 
 @dataclass
@@ -117,10 +113,6 @@ def analyze(gm: fx.GraphModule, example_inputs) -> Analysis:
     return Analysis(a.nodes, a.storages, grad)
 
 
-def storage_key(t: torch.Tensor) -> StorageWeakRef:
-    return StorageWeakRef(t.untyped_storage())
-
-
 def same_geometry(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Same elements of the same storage: writing one writes the whole other."""
     return (a.shape == b.shape and a.stride() == b.stride()
@@ -130,7 +122,7 @@ def same_geometry(a: torch.Tensor, b: torch.Tensor) -> bool:
 class _Analyzer:
     def __init__(self, gm: fx.GraphModule, mode: FakeTensorMode):
         self.gm, self.mode = gm, mode
-        self.recorder = _WriteRecorder()
+        self.recorder = WriteRecorder()
         self.nodes: dict[fx.Node, NodeInfo] = {}
         self.storages: dict[StorageWeakRef, StorageInfo] = {}
         self.placeholders: list[fx.Node] = []
@@ -311,49 +303,6 @@ def _real_zeros(fake: FakeTensor) -> torch.Tensor:
         if not fake.is_leaf:  # keep non-leaf-ness: eager allows in-place on non-leaves
             t = t.clone()
     return t
-
-
-class _WriteRecorder(TorchDispatchMode):
-    """Records the tensors each ATen call writes, per its schema."""
-
-    def __init__(self):
-        super().__init__()
-        self.written: list[torch.Tensor] = []
-        self.recorded: set = set()  # storages written at least once as autograd records it
-
-    def clear(self):
-        self.written.clear()
-        self.recorded.clear()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        start = len(self.written)
-        for i, name in _written_arguments(func):
-            value = args[i] if i < len(args) else kwargs.get(name)
-            self.written.extend(t for t in (value if isinstance(value, (list, tuple)) else (value,))
-                                if isinstance(t, torch.Tensor))
-        unannotated = _UNANNOTATED_WRITES.get(func._schema.name.split("::")[-1])
-        if unannotated and len(args) > unannotated[1] and args[unannotated[1]]:
-            self.written.extend(args[i] for i in unannotated[0] if args[i] is not None)
-        # autograd records the write when grad mode is on (as the op's caller set it: a no_grad
-        # inside a call shows here) and some operand requires grad; F.embedding's max_norm
-        # renorm writes weight.detach() from integer indices: not recorded
-        if torch.is_grad_enabled() and any(t.requires_grad for t in pytree.tree_leaves((args, kwargs))
-                                           if isinstance(t, torch.Tensor)):
-            self.recorded.update(storage_key(t) for t in self.written[start:])
-        return func(*args, **kwargs)
-
-
-_WRITTEN_ARGS: dict = {}
-
-
-def _written_arguments(func) -> tuple:
-    found = _WRITTEN_ARGS.get(func)
-    if found is None:
-        found = tuple((i, a.name) for i, a in enumerate(func._schema.arguments)
-                      if a.alias_info is not None and a.alias_info.is_write)
-        _WRITTEN_ARGS[func] = found
-    return found
 
 
 def module_with_state(mod: torch.nn.Module, state: dict) -> torch.nn.Module:

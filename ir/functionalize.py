@@ -51,11 +51,12 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from ir.alias_analysis import Analysis, FunctionalizeError, analyze, same_geometry, storage_key
+from ir.alias_analysis import Analysis, FunctionalizeError, analyze, same_geometry
 from ir.capture import CaptureError
 from ir.functional_helpers import clone_then_mutate, rebase_autograd, short_name, view_chain, view_scatter
 from ir.functional_write_back import Functionalized, inputs_alias, write_back
 from ir.inplace_ops import may_mutate
+from ir.write_recorder import storage_key
 
 __all__ = ["FunctionalizeError", "Functionalized", "functionalize", "inputs_alias", "may_mutate",
            "run_functionalized", "write_back"]
