@@ -1,4 +1,5 @@
 """The random-program judge itself: eager's outliers pass, wrong answers still fail."""
+import dataclasses
 import math
 import random
 
@@ -103,8 +104,56 @@ def test_an_alternative_witness_is_an_answer_not_a_tolerance():
                    alternative=alternative) != "", "halfway between the two answers is neither"
 
 
+def test_a_gradient_past_its_dtypes_range_is_infinite_in_a_second_witness():
+    # d/dx log(exp(x)) at x = -100: dL/d exp = g / 3.7e-44 = 2.7e43, past fp32's range, so any
+    # evaluation holding it in fp32 has inf there, and inf · exp'(x) = inf; the true answer is g
+    x, g = t([-100.0, 1.0]), t([0.75, 0.5])
+    steps = {1: (torch.exp, [0], {}), 2: (torch.log, [1], {})}
+    wit = witness(steps, [0], [x], torch.finfo(torch.float32).eps)
+    (exact, _), = accurate_grads(steps, wit, {2: g}, [0])
+    (overflowed, _), = accurate_grads(steps, wit, {2: g}, [0], ranges={1: torch.float32})
+    assert exact.tolist() == pytest.approx([0.75, 0.5]) and overflowed[0].item() == INF
+    eager = t([NAN, 0.5], torch.float32)  # eager's fp32 exp(-100) is 0: inf · 0
+    for ours, right in (([INF, 0.5], True), ([0.75, 0.5], True), ([-INF, 0.5], False), ([7.5, 0.5], False)):
+        problem = compare(t(ours, torch.float32), eager, exact, torch.float32, grad=True, accurate=exact,
+                          alternative=(None, overflowed))
+        assert (problem == "") == right, (ours, problem)
+
+
+def test_a_value_past_its_dtypes_range_is_infinite_in_a_second_witness():
+    # bf16 (x / y) · silu(x) at x = -89, y = -9.2e-41: x / y = 9.7e41 is inf in bf16 (and fp32),
+    # and inf · silu(-89) = inf · -2e-37 = -inf; float64 says -192115; eager's NaN comes from
+    # its silu(-89) = -0.0
+    x, y = t([-89.0, 1.0]), t([-9.183549615799121e-41, 1.0])
+    steps = {2: (torch.div, [0, 1], {}), 3: (torch.nn.functional.silu, [0], {}), 4: (torch.mul, [2, 3], {})}
+    eps = torch.finfo(torch.bfloat16).eps
+    exact = witness(steps, [0, 1], [x, y], eps)
+    held = witness(steps, [0, 1], [x, y], eps, ranges={k: torch.bfloat16 for k in range(5)})
+    assert exact.values[4][0].item() == pytest.approx(-192114.678) and held.values[4][0].item() == -INF
+    eager = t([NAN, -0.2689], torch.bfloat16)
+    for ours, right in (([-INF, -0.2689], True), ([-192512.0, -0.2689], True), ([INF, -0.2689], False),
+                        ([-1000.0, -0.2689], False)):
+        problem = compare(t(ours, torch.bfloat16), eager, exact.values[4], torch.bfloat16,
+                          accurate=exact.values[4], magnitude=exact.magnitude[4], alternative=held.values[4])
+        assert (problem == "") == right, (ours, problem)
+
+
+@pytest.mark.parametrize("x, y, wrong", [(1.046875, -1.099090576171875, None), (1.0, 1.0, 1.0)])
+def test_gradients_are_only_as_determined_as_the_forward_values_they_use(x, y, wrong):
+    # d/dy [y / (x² + y)]: x² rounds (bf16: by up to 0.004 at 1.1) and x² + y cancels to -0.003,
+    # so the gradient is known to nothing (fuzzer seed 320593); with no cancellation a wrong
+    # gradient (1 for 0.25) still fails
+    steps = {2: (torch.mul, [0, 0], {}), 3: (torch.add, [2, 1], {}), 4: (torch.div, [1, 3], {})}
+    wit = witness(steps, [0, 1], [t([x]), t([y])], torch.finfo(torch.bfloat16).eps)
+    (grad, magnitude), = accurate_grads(steps, wit, {4: t([1.0])}, [1])
+    ours = grad * 0.3 if wrong is None else t([wrong])
+    problem = compare(ours.bfloat16(), grad.bfloat16(), grad, torch.bfloat16, grad=True, accurate=grad,
+                      magnitude=magnitude)
+    assert (problem == "") == (wrong is None), problem
+
+
 @pytest.mark.parametrize("seed", [102503, 104721, 120016, 120554, 127192, 300027, 301202, 302093, 302384,
-                                  303153, 310574])
+                                  303153, 310574, 310799, 320360, 320593, 332345, 340326])
 def test_fuzzer_programs_where_eager_was_the_outlier_pass(seed):
     # 102503: fp16 pow(v, 3) - v past 65504; 104721: float64 (x, x / x) at x = -1e-40;
     # 120016: bf16 (v - 0.5) - v at v = 1e4; 120554: where(silu(x) <= silu(x) / x * x, ...);
@@ -112,7 +161,12 @@ def test_fuzzer_programs_where_eager_was_the_outlier_pass(seed):
     # 300027: rsqrt(minimum(+0.0, -0.0)), whose sign eager's kernels choose by size;
     # 301202, 302093, 302384: hardtanh's gradient at NaN, g or 0 by eager's code path;
     # 303153: gelu_tanh(-7), where eager's float64 1 + tanh(u) keeps 3 digits;
-    # 310574: inf · sigmoid'(89), NaN in eager (its float64 sigmoid' is 0 there)
+    # 310574: inf · sigmoid'(89), NaN in eager (its float64 sigmoid' is 0 there);
+    # 310799: bf16 d/dx [v / gelu_tanh(x)] at x = -9.6, through dL/d gelu = 1e66 (past fp32);
+    # 320360: fp16 d/dx log(exp(x)) at x = -89, through g / exp(-89) = 6.5e38 (past fp32);
+    # 320593: bf16 gradient through v / (v + x²) where the sum cancels to 0.003 ± 0.017
+    # 332345: float64 NaN · x.bfloat16() at x = inf, hardtanh' at NaN passing g: g · inf
+    # 340326: bf16 (-89 / -9.2e-41) · silu(-89): 9.7e41 overflows, inf · -2e-37 = -inf
     rng = random.Random(seed)
     prog = random_graphs.generate(lambda name, opts: rng.choice(list(opts)), rng.randint(1, 6))
     _, problem = random_graphs.check(prog, seed)
@@ -147,3 +201,19 @@ def test_a_matmuls_exact_zeros_have_no_judged_sign():
     wit = witness({2: (matmul, [0, 1], {}), 3: (torch.reciprocal, [2], {})}, [0, 1], [a, b],
                   torch.finfo(torch.float64).eps)
     assert wit.ambiguous[3].tolist() == [[True, False], [True, False]]
+
+
+@pytest.mark.parametrize("seed", [510028, 510037])
+def test_a_gradient_rule_ten_percent_off_is_caught_end_to_end(seed, monkeypatch):
+    # mutation check of the whole judge: mul's first gradient made g·y·1.1 (510028 is fp16,
+    # 510037 fp32); 300 programs with this fault: 11 reported, with and without the judge's
+    # float64 witnesses for overflowed gradients and forward rounding
+    mul = OPS["mul"]
+    rule = mul.vjp
+    monkeypatch.setitem(OPS, "mul", dataclasses.replace(
+        mul, vjp=lambda bwd, out, g, x, y: (bwd.call("mul", rule(bwd, out, g, x, y)[0], 1.1),
+                                            rule(bwd, out, g, x, y)[1])))
+    rng = random.Random(seed)
+    prog = random_graphs.generate(lambda name, opts: rng.choice(list(opts)), rng.randint(1, 6))
+    _, problem = random_graphs.check(prog, seed)
+    assert problem.startswith("grad of input"), problem
