@@ -43,7 +43,11 @@ import torch
 from ir.ops import OPS
 
 _ZERO_TIE_STEPS = (OPS["minimum"].eager, OPS["maximum"].eager)
+# results exact in every dtype (a choice among, or the sign of, their operands): no rounding of their own
+_EXACT_STEPS = tuple(OPS[n].eager for n in ("clamp", "hardtanh", "neg", "abs", "sign", "relu", "maximum",
+                                             "minimum", "where", "unsqueeze", "expand", "narrow", "transpose"))
 _MATMUL_STEPS = (OPS["matmul"].eager,)
+_VIEW_STEPS = tuple(OPS[n].eager for n in ("unsqueeze", "expand", "narrow", "transpose"))
 # eager's hardtanh_backward passes the gradient at NaN on its scalar path, 0 on the vector
 # path (size and dtype decide: fp32 from 64 elements, the tail of a vector loop aside)
 _NAN_GRAD_STEPS = (OPS["hardtanh"].eager,)
@@ -118,9 +122,10 @@ def witness(steps: dict, inputs: list, xs: list, eps: float, ranges: dict | None
     -89 / -9.2e-41 · silu(-89) is -192115 in float64 and inf · -2e-37 = -inf there
     (fuzzer seed 340326; eager's fp32 silu(-89) is -0.0, so it says NaN).
 
-    A result's magnitude is its own size plus its operands' magnitudes carried
-    through the step's derivative (first-order error propagation, each operand
-    apart so that nothing cancels; inputs and literals are exact, in every run).
+    A result's magnitude is its own size (none for ``_EXACT_STEPS``, which do not
+    round) plus its operands' magnitudes carried through the step's derivative
+    (first-order error propagation, each operand apart so that nothing cancels;
+    inputs and literals are exact, in every run).
     A comparison is ambiguous where its operands are closer than their rounding
     allows; ambiguity follows the data: NaN put where an operand is ambiguous
     shows which results depend on it.
@@ -137,8 +142,9 @@ def witness(steps: dict, inputs: list, xs: list, eps: float, ranges: dict | None
         if out.dtype == torch.bool:
             wit.ambiguous[k] = _near_tie(refs, wit, eps) | _spread(refs, wit.ambiguous, out.shape)
             continue
-        wit.magnitude[k] = out.abs() + sum(_carried(fn, args, attrs, j, wit.magnitude[r])
-                                           for j, r in enumerate(refs) if _is_float(r, wit))
+        own = torch.zeros_like(out) if fn in _EXACT_STEPS else out.abs()
+        wit.magnitude[k] = own + sum(_carried(fn, args, attrs, j, wit.magnitude[r])
+                                     for j, r in enumerate(refs) if _is_float(r, wit))
         wit.ambiguous[k] = _poisoned(fn, refs, attrs, wit, out) | _signed_zero_tie(fn, refs, wit, out.shape)
     return wit
 
@@ -254,14 +260,12 @@ def accurate_grads(steps: dict, wit: Witness, seeds: dict, wanted: list, poison:
         leaves = [(r, _leaf(wit, r, poison)) for r in refs if isinstance(r, int) and _is_float(r, wit)]
         if g is None or not leaves:
             continue
-        args = iter(a for _, a in leaves)
         with torch.enable_grad():
-            out = fn(*[next(args) if isinstance(r, int) and _is_float(r, wit) else
-                       (wit.values[r] if isinstance(r, int) else r[1]) for r in refs], **attrs)
+            out = _run_step(fn, refs, attrs, wit, [a for _, a in leaves])
         if poison:  # a where's condition too close to call: either branch's gradient
             g = torch.where(_condition_ambiguity(refs, wit, out.shape), torch.nan, g)
         at = [a for _, a in leaves]
-        grads = (_vjp_overflowed(out, at, g) if ranges is not None else
+        grads = (_vjp_overflowed(fn, refs, attrs, wit, leaves, out, g) if ranges is not None else
                  torch.autograd.grad(out, at, g.to(out.dtype), allow_unused=True, retain_graph=True))
         mags = torch.autograd.grad(out, at, m.to(out.dtype), allow_unused=True)
         if not poison:
@@ -276,17 +280,32 @@ def accurate_grads(steps: dict, wit: Witness, seeds: dict, wanted: list, poison:
     return [_total(terms.get(k, [])) for k in wanted]
 
 
-def _vjp_overflowed(out, at, g) -> tuple:
-    """gᵀ·J where g may hold ±inf (a gradient past its dtype's range): an infinite element
-    times the step's derivative as one number (eager's fused backward formulas: inf · gelu'(x),
-    not inf · σ(2u) + inf · x·σ'(2u)·2u', which is inf - inf)."""
+def _vjp_overflowed(fn, refs, attrs, wit: Witness, leaves: list, out, g) -> tuple:
+    """gᵀ·J where g may hold ±inf (a gradient past its dtype's range), as an evaluation
+    in that dtype has it: each infinite element times the step's derivative as one
+    number (eager's fused backward formulas: inf · gelu'(x), not inf · σ(2u) + inf ·
+    x·σ'(2u)·2u', which is inf - inf), then summed over broadcast dimensions with IEEE
+    arithmetic (+inf and -inf reaching one element give NaN there too). Views and
+    matmuls pass g on linearly: their backward is IEEE arithmetic on g already."""
     infinite = torch.isinf(g)
-    finite = torch.autograd.grad(out, at, torch.where(infinite, 0.0, g), allow_unused=True, retain_graph=True)
-    if not infinite.any():
-        return finite
-    unit = torch.autograd.grad(out, at, torch.where(infinite, g.sign(), 0.0), allow_unused=True,
-                               retain_graph=True)
-    return tuple(f if u is None else torch.where(u != 0, u * torch.inf, f) for f, u in zip(finite, unit))
+    at = [a for _, a in leaves]
+    if fn in _MATMUL_STEPS + _VIEW_STEPS or not infinite.any():
+        return torch.autograd.grad(out, at, g, allow_unused=True, retain_graph=True)
+    # the step again on operands broadcast to its result's shape: one g element per element
+    full = [a.detach().expand(out.shape).clone().requires_grad_() for a in at]
+    with torch.enable_grad():
+        wide = _run_step(fn, refs, attrs, wit, full)
+    finite = torch.autograd.grad(wide, full, torch.where(infinite, 0.0, g), allow_unused=True, retain_graph=True)
+    unit = torch.autograd.grad(wide, full, torch.where(infinite, g.sign(), 0.0), allow_unused=True)
+    return tuple(None if f is None else torch.where(u != 0, u * torch.inf, f).sum_to_size(a.shape)
+                 for f, u, a in zip(finite, unit, at))
+
+
+def _run_step(fn, refs, attrs, wit: Witness, floats: list):
+    """A step's result with ``floats`` as its float operands, in order."""
+    it = iter(floats)
+    return fn(*[next(it) if _is_float(r, wit) else (wit.values[r] if isinstance(r, int) else r[1])
+                for r in refs], **attrs)
 
 
 def _forward_rounding(fn, refs, attrs, wit: Witness, g) -> list:
@@ -298,11 +317,7 @@ def _forward_rounding(fn, refs, attrs, wit: Witness, g) -> list:
     primals = tuple(wit.values[refs[j]].contiguous() for j in floats)
 
     def passed_on(*xs):
-        def step(*ys):
-            it = iter(ys)
-            return fn(*[next(it) if j in floats else (wit.values[r] if isinstance(r, int) else r[1])
-                        for j, r in enumerate(refs)], **attrs)
-        return torch.func.vjp(step, *xs)[1](g.to(primals[0].dtype))
+        return torch.func.vjp(lambda *ys: _run_step(fn, refs, attrs, wit, ys), *xs)[1](g.to(primals[0].dtype))
     total = [torch.zeros_like(p) for p in primals]
     for s, r in enumerate(refs[j] for j in floats):
         tangents = tuple(wit.magnitude[r].expand_as(p).contiguous() if i == s else torch.zeros_like(p)

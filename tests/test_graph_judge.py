@@ -120,6 +120,43 @@ def test_a_gradient_past_its_dtypes_range_is_infinite_in_a_second_witness():
         assert (problem == "") == right, (ours, problem)
 
 
+@pytest.mark.parametrize("c, g, truth, wrong", [
+    ([60000.0, -30000.0], [2.0, 3.0], 30000.0, (0.0, INF, -INF)),  # +inf, -inf reach x: NaN, not 0
+    ([60000.0, 30000.0], [2.0, -30.0], -780000.0, (0.0, INF)),     # -inf in fp16 by rounding alone
+])
+def test_overflowed_gradients_of_both_signs_meet_as_nan(c, g, truth, wrong):
+    # fp16 d/dx [(x + v) · c] with x broadcast over two elements: the gradients reaching x + v
+    # (g · c) are past 65504, of opposite signs; summed in fp16 they are inf - inf (red team)
+    x, v = t([0.5]), t([1.0, 1.0])
+    steps = {3: (torch.add, [0, 1], {}), 4: (torch.mul, [3, 2], {})}
+    ranges = {k: torch.float16 for k in range(5)}
+    eps = torch.finfo(torch.float16).eps
+    exact = witness(steps, [0, 1, 2], [x, v, t(c)], eps)
+    held = witness(steps, [0, 1, 2], [x, v, t(c)], eps, ranges=ranges)
+    (grad, magnitude), = accurate_grads(steps, exact, {4: t(g)}, [0])
+    (overflowed, _), = accurate_grads(steps, held, {4: t(g)}, [0], ranges=ranges)
+    assert grad.item() == truth and math.isnan(overflowed.item())
+    for ours in wrong:
+        assert compare(t([ours], torch.float16), t([NAN], torch.float16), grad, torch.float16, grad=True,
+                       accurate=grad, magnitude=magnitude, alternative=overflowed) != "", ours
+
+
+def test_exact_steps_add_no_rounding_of_their_own():
+    # bf16 d/dx exp(-x) at x = -88.5: -x is exact, so exp's argument is, and the gradient
+    # (-2.7e8) is known to bf16's tolerance; counting -x as rounded by 2·eps·88.5 made
+    # 0 and -0.3x pass (red team)
+    x = t([-88.5, 1.0])
+    steps = {1: (OPS["neg"].eager, [0], {}), 2: (torch.exp, [1], {})}
+    wit = witness(steps, [0], [x], torch.finfo(torch.bfloat16).eps)
+    assert wit.magnitude[1].tolist() == [0.0, 0.0]
+    (grad, magnitude), = accurate_grads(steps, wit, {2: t([1e-30, 1e-30])}, [0])
+    for factor, right in ((1.0, True), (0.0, False), (-0.3, False), (2.0, False)):
+        ours = (grad * t([factor, 1.0])).bfloat16()
+        problem = compare(ours, grad.bfloat16(), grad, torch.bfloat16, grad=True, accurate=grad,
+                          magnitude=magnitude)
+        assert (problem == "") == right, (factor, problem)
+
+
 def test_a_value_past_its_dtypes_range_is_infinite_in_a_second_witness():
     # bf16 (x / y) · silu(x) at x = -89, y = -9.2e-41: x / y = 9.7e41 is inf in bf16 (and fp32),
     # and inf · silu(-89) = inf · -2e-37 = -inf; float64 says -192115; eager's NaN comes from
