@@ -265,7 +265,8 @@ def steps(prog: Program) -> dict:
     float64 witness runs them: a cast rounds the value as the program says, and the value
     stays float64, and the gradient passes through it unrounded (rounding a gradient to
     fp16 is eager's per-op rounding, not the program's); gelu without eager's cancellation,
-    sigmoid and tanh with their derivatives' tails."""
+    sigmoid, tanh, expm1 and silu with their derivatives' tails, gelu and silu with their
+    limits at ±inf."""
     return {k: (_CAREFUL.get(v[1]) or OPS[v[1]].eager, v[2], v[3])
             for k, v in enumerate(prog.values) if v[0] == "step"}
 
@@ -295,10 +296,28 @@ def _rounding_cast(x, dtype):
 def _careful_gelu(x, approximate="none"):
     """gelu in float64 as x·σ(2u) (tanh form) and x/2·erfc(-x/√2): eager's 1 + tanh(u) and
     1 + erf(z) lose every digit for x << 0 (gelu_tanh(-7) is off by 3e-3 in float64;
-    fuzzer seed 303153)."""
-    if approximate == "tanh":
-        return x * torch.sigmoid(2 * math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))
-    return 0.5 * x * torch.special.erfc(-x / math.sqrt(2))
+    fuzzer seed 303153); its limits at ±inf (``_at_infinity``)."""
+    def finite(x):
+        if approximate == "tanh":
+            return x * torch.sigmoid(2 * math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))
+        return 0.5 * x * torch.special.erfc(-x / math.sqrt(2))
+    return _at_infinity(finite, x)
+
+
+def _careful_silu(x):
+    """silu = x·σ(x) with σ's tails (``_careful_sigmoid``) and its limits at ±inf."""
+    return _at_infinity(lambda x: x * _careful_sigmoid(x), x)
+
+
+def _at_infinity(finite, x):
+    """``finite(x)`` where x is finite; at ±inf the limits of x·Φ(x)-like functions: x itself
+    (derivative 1) at +inf and -0 (derivative 0) at -inf, where the formula gives -inf · 0 =
+    NaN. The formula runs on x with its infinities replaced, so that no NaN derivative leaks
+    through ``where`` (a value made inf by its dtype's range meets silu or gelu next:
+    fuzzer seed 363097)."""
+    infinite = torch.isinf(x)
+    limit = torch.where(x > 0, x, torch.full_like(x, -0.0))
+    return torch.where(infinite, limit, finite(torch.where(infinite, 0.0, x)))
 
 
 def _careful_sigmoid(x):
@@ -313,7 +332,14 @@ def _careful_tanh(x):
     return torch.where(x.abs() < 1, torch.tanh(x), 2 * _careful_sigmoid(2 * x) - 1)
 
 
-_CAREFUL = {"cast": _rounding_cast, "gelu": _careful_gelu, "sigmoid": _careful_sigmoid, "tanh": _careful_tanh}
+def _careful_expm1(x):
+    """expm1, its derivative exp(x) in the left tail (eager's is out + 1, which is 0 in float64
+    from x = -38: fuzzer seed 361700, inf · expm1'(-89), NaN in eager, inf in ours)."""
+    return torch.where(x < -1, torch.exp(x) - 1, torch.expm1(x))
+
+
+_CAREFUL = {"cast": _rounding_cast, "gelu": _careful_gelu, "sigmoid": _careful_sigmoid, "tanh": _careful_tanh,
+            "expm1": _careful_expm1, "silu": _careful_silu}
 
 
 def _input_values(prog: Program) -> list:

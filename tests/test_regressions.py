@@ -127,6 +127,24 @@ def test_division_gradient_of_a_tiny_divisor_does_not_underflow():
         torch.testing.assert_close(o, r, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_division_gradient_is_finite_where_only_x_over_y_squared_overflows(dtype):
+    # d/db [b · (a / b)] with a = -b / 2, b = -9.2e-41: the divisor's gradient through a / b is
+    # -(g · b) · (a / b) / b = 0.5 g, but torch's -g · ((a / b) / b) forms 5.4e39 first, inf
+    # in fp32 (fuzzer seed 363447); float64 eager is the reference
+    b = torch.tensor([-9.183549615799121e-41, 2.0, -3.0], dtype=dtype)
+    a = torch.tensor([4.591774807899561e-41, 1.0, 1.5], dtype=dtype)
+
+    def fn(a, b):
+        return b * (a / b)
+    ours, _ = _grad_pair(fn, a, b)
+    wide = [t.double().requires_grad_() for t in (a, b)]
+    fn(*wide).sum().backward()
+    for o, w in zip(ours, wide):
+        assert o.isfinite().all(), o
+        torch.testing.assert_close(o.double(), w.grad, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=0)
+
+
 # ---- found by tools/fuzz_graphs.py (seeds 120000-124999) ---------------------------------
 
 def _unary_table_ops():
