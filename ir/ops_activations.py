@@ -129,12 +129,13 @@ _unary("expm1", "float", torch.expm1, lambda args, attrs, ctype: f"expm1({args[0
        lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("exp", x)),),
        aliases=(torch.expm1, torch.special.expm1, "expm1"), live_values=3)
 # rsqrt: as pow(x, -0.5) its gradient would be pow(x, -1.5) = exp(-1.5 log x), ~|1.5 log x|
-# ulps off; here d/dx = (-rsqrt(x) / 2) / |x|: the halving is exact, so only the division
-# rounds, and nothing overflows before the result does (torch: -r^3 / 2, three roundings).
+# ulps off; here g · d/dx = (g · -rsqrt(x) / 2) / |x|: the halving is exact, so only the product
+# and the division round, and nothing overflows before the result does: not x^-1.5 (1e60 at
+# x = 1e-40) before a small g scales it back (torch: -g · r^3 / 2, r^3 overflows there).
 # |x|, not x: at x = -0.0, r = -inf and torch's -r^3 / 2 is +inf (fuzzer seed 300027)
 _unary("rsqrt", "float", torch.rsqrt, lambda args, attrs, ctype: f"rsqrt({args[0]})",
-       lambda bwd, out, g, x: (bwd.call("mul", g, bwd.call("div", bwd.call("mul", out, -0.5),
-                                                            bwd.call("abs", x))),),
+       lambda bwd, out, g, x: (bwd.call("div", bwd.call("mul", g, bwd.call("mul", out, -0.5)),
+                                        bwd.call("abs", x)),),
        aliases=(torch.rsqrt, "rsqrt"), domain="positive", live_values=3)
 
 

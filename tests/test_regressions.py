@@ -145,6 +145,21 @@ def test_division_gradient_is_finite_where_only_x_over_y_squared_overflows(dtype
         torch.testing.assert_close(o.double(), w.grad, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=0)
 
 
+def test_rsqrt_gradient_is_finite_where_only_x_to_the_minus_one_and_a_half_overflows():
+    # the same class as the divisor's gradient above: g · x^-1.5 / 2 with x^-1.5 = 1e60 past
+    # fp32 at x = 1e-40 while g = 1e-30 brings the product back to 5e29 (torch: -g · r³ / 2 = inf)
+    x = torch.tensor([1e-40, 1e-30, 4.0])
+    w = torch.tensor([1e-30, 1e-20, 1.0])
+
+    def fn(x, w):
+        return torch.rsqrt(x) * w
+    ours, _ = _grad_pair(fn, x, w)
+    wide = [t.double().requires_grad_() for t in (x, w)]
+    fn(*wide).sum().backward()
+    assert ours[0].isfinite().all(), ours[0]
+    torch.testing.assert_close(ours[0].double(), wide[0].grad, rtol=1e-5, atol=0)
+
+
 # ---- found by tools/fuzz_graphs.py (seeds 120000-124999) ---------------------------------
 
 def _unary_table_ops():
