@@ -21,7 +21,7 @@ rounding is what went wrong:
   exact zeros;
 * both of eager's answers where its code paths disagree: hardtanh's gradient at NaN
   passes on its scalar path and is 0 on its vector path (``accurate_grads(nan_passes=)``);
-* values and gradients their dtypes cannot hold: d/dx [v / gelu(x)]
+* values, gradients and a step's own derivatives their dtypes cannot hold: d/dx [v / gelu(x)]
   at x = -9.6 passes dL/d gelu = 1e66, inf in any fp32 or bf16 evaluation, and the
   float64 witness with that gradient made inf is an answer too (``witness(ranges=)``,
   ``accurate_grads(ranges=)``);
@@ -244,7 +244,8 @@ def accurate_grads(steps: dict, wit: Witness, seeds: dict, wanted: list, poison:
     ``ranges``: value index -> that value's dtype; a value's gradient that overflows
     it is ±inf, as in any evaluation that holds it in that dtype (eager's per-op
     backward does): d/dx [v / gelu(x)] at x = -9.6 passes through dL/d gelu = 1e66,
-    which no fp32 or bf16 evaluation holds (fuzzer seed 310799);
+    which no fp32 or bf16 evaluation holds (fuzzer seed 310799); nor does one hold a step's
+    own derivative past fp32 (exp'(89) = 4.5e38) for fp32 and half values;
     a second witness too.
 
     A value's magnitude also carries its forward operands' rounding: the gradient a
@@ -265,7 +266,8 @@ def accurate_grads(steps: dict, wit: Witness, seeds: dict, wanted: list, poison:
         if poison:  # a where's condition too close to call: either branch's gradient
             g = torch.where(_condition_ambiguity(refs, wit, out.shape), torch.nan, g)
         at = [a for _, a in leaves]
-        grads = (_vjp_overflowed(fn, refs, attrs, wit, leaves, out, g) if ranges is not None else
+        compute = torch.float64 if ranges is not None and ranges.get(k) == torch.float64 else torch.float32
+        grads = (_vjp_overflowed(fn, refs, attrs, wit, leaves, out, g, compute) if ranges is not None else
                  torch.autograd.grad(out, at, g.to(out.dtype), allow_unused=True, retain_graph=True))
         mags = torch.autograd.grad(out, at, m.to(out.dtype), allow_unused=True)
         if not poison:
@@ -280,25 +282,36 @@ def accurate_grads(steps: dict, wit: Witness, seeds: dict, wanted: list, poison:
     return [_total(terms.get(k, [])) for k in wanted]
 
 
-def _vjp_overflowed(fn, refs, attrs, wit: Witness, leaves: list, out, g) -> tuple:
-    """gᵀ·J where g may hold ±inf (a gradient past its dtype's range), as an evaluation
-    in that dtype has it: each infinite element times the step's derivative as one
-    number (eager's fused backward formulas: inf · gelu'(x), not inf · σ(2u) + inf ·
-    x·σ'(2u)·2u', which is inf - inf), then summed over broadcast dimensions with IEEE
-    arithmetic (+inf and -inf reaching one element give NaN there too). Views and
-    matmuls pass g on linearly: their backward is IEEE arithmetic on g already."""
+def _vjp_overflowed(fn, refs, attrs, wit: Witness, leaves: list, out, g, compute) -> tuple:
+    """gᵀ·J as an evaluation in the program's dtypes has it, where g may hold ±inf (a
+    gradient past its dtype's range) or a step's own derivative is past what its compute
+    dtype (``compute``: fp32 for fp32 and half values, as eager's and our kernels compute
+    them) holds: expm1'(89) = 4.5e38 is inf in fp32 whatever g then scales it by (fuzzer
+    seed 372215). Each infinite element times the step's derivative as one number (eager's
+    fused backward formulas: inf · gelu'(x), not inf · σ(2u) + inf · x·σ'(2u)·2u', which is
+    inf - inf), then summed over broadcast dimensions with IEEE arithmetic (+inf and -inf
+    reaching one element give NaN there too). Views and matmuls pass g on linearly: their
+    backward is IEEE arithmetic on g already."""
     infinite = torch.isinf(g)
     at = [a for _, a in leaves]
-    if fn in _MATMUL_STEPS + _VIEW_STEPS or not infinite.any():
+    if fn in _MATMUL_STEPS + _VIEW_STEPS:
         return torch.autograd.grad(out, at, g, allow_unused=True, retain_graph=True)
     # the step again on operands broadcast to its result's shape: one g element per element
     full = [a.detach().expand(out.shape).clone().requires_grad_() for a in at]
     with torch.enable_grad():
         wide = _run_step(fn, refs, attrs, wit, full)
+    own = torch.autograd.grad(wide, full, torch.ones_like(g), allow_unused=True, retain_graph=True)
     finite = torch.autograd.grad(wide, full, torch.where(infinite, 0.0, g), allow_unused=True, retain_graph=True)
     unit = torch.autograd.grad(wide, full, torch.where(infinite, g.sign(), 0.0), allow_unused=True)
-    return tuple(None if f is None else torch.where(u != 0, u * torch.inf, f).sum_to_size(a.shape)
-                 for f, u, a in zip(finite, unit, at))
+    grads = []
+    for d, f, u, a in zip(own, finite, unit, at):
+        if f is None:
+            grads.append(None)
+            continue
+        held = torch.where(u != 0, u * torch.inf, f)
+        too_large = torch.isinf(d.to(compute)) & torch.isfinite(d)
+        grads.append(torch.where(too_large, g * d.sign() * torch.inf, held).sum_to_size(a.shape))
+    return tuple(grads)
 
 
 def _run_step(fn, refs, attrs, wit: Witness, floats: list):

@@ -120,6 +120,20 @@ def test_a_gradient_past_its_dtypes_range_is_infinite_in_a_second_witness():
         assert (problem == "") == right, (ours, problem)
 
 
+@pytest.mark.parametrize("dtype, overflows", [(torch.float32, True), (torch.bfloat16, True),
+                                              (torch.float64, False)])
+def test_a_derivative_past_the_compute_dtype_is_infinite_in_a_second_witness(dtype, overflows):
+    # d/dx exp(x) at x = 89 with g = -0.5: exp'(89) = 4.5e38 is inf in fp32 (what fp32 and half
+    # values are computed in) before g scales it to -2.2e38; float64 holds it
+    x, g = t([89.0, 1.0]), t([-0.5, 1.0])
+    steps = {1: (torch.exp, [0], {})}
+    ranges = {k: dtype for k in range(2)}
+    held = witness(steps, [0], [x], torch.finfo(dtype).eps, ranges=ranges)
+    (overflowed, _), = accurate_grads(steps, held, {1: g}, [0], ranges=ranges)
+    assert (overflowed[0].item() == -INF) == overflows
+    assert overflowed[1].item() == pytest.approx(math.e)
+
+
 @pytest.mark.parametrize("c, g, truth, wrong", [
     ([60000.0, -30000.0], [2.0, 3.0], 30000.0, (0.0, INF, -INF)),  # +inf, -inf reach x: NaN, not 0
     ([60000.0, 30000.0], [2.0, -30.0], -780000.0, (0.0, INF)),     # -inf in fp16 by rounding alone
@@ -191,7 +205,7 @@ def test_gradients_are_only_as_determined_as_the_forward_values_they_use(x, y, w
 
 @pytest.mark.parametrize("seed", [102503, 104721, 120016, 120554, 127192, 300027, 301202, 302093, 302384,
                                   303153, 310574, 310799, 320360, 320593, 332345, 340326,
-                                  361700, 363097])
+                                  361700, 363097, 372215])
 def test_fuzzer_programs_where_eager_was_the_outlier_pass(seed):
     # 102503: fp16 pow(v, 3) - v past 65504; 104721: float64 (x, x / x) at x = -1e-40;
     # 120016: bf16 (v - 0.5) - v at v = 1e4; 120554: where(silu(x) <= silu(x) / x * x, ...);
@@ -207,6 +221,7 @@ def test_fuzzer_programs_where_eager_was_the_outlier_pass(seed):
     # 340326: bf16 (-89 / -9.2e-41) · silu(-89): 9.7e41 overflows, inf · -2e-37 = -inf
     # 361700: float64 inf · expm1'(-89): eager's expm1' = out + 1 is 0 there, so it says NaN
     # 363097: fp32 silu(v / 1e-40) with v / 1e-40 past fp32: the in-range witness needs silu at -inf
+    # 372215: fp32 d/dx gelu(expm1(x)) at x = 89: expm1'(89) = 4.5e38 is inf in fp32, g · it -inf
     rng = random.Random(seed)
     prog = random_graphs.generate(lambda name, opts: rng.choice(list(opts)), rng.randint(1, 6))
     _, problem = random_graphs.check(prog, seed)
